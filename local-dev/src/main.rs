@@ -1,0 +1,129 @@
+//! `cargo run -p local-dev [-- serve --port N]` runs the séance locally;
+//! `cargo run -p local-dev -- migrate up|down|status` manages the database schema.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use seance::config::{Config, Profile};
+use seance::store::{Database, MigrationState};
+
+const USAGE: &str = "\
+usage:
+  local-dev [serve] [--port N]      run the séance harness (PORT, default 3000; 0 picks a free port)
+  local-dev migrate up              apply every pending migration
+  local-dev migrate down            revert the newest applied migration
+  local-dev migrate status          list migrations and whether each is applied
+Configuration comes from the environment and .env (see .env.example).";
+
+enum Command {
+    Serve { port: Option<u16> },
+    MigrateUp,
+    MigrateDown,
+    MigrateStatus,
+    Help,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["serve"] => Ok(Command::Serve { port: None }),
+        ["--port", port] | ["serve", "--port", port] => port
+            .parse()
+            .map(|port| Command::Serve { port: Some(port) })
+            .map_err(|_| format!("--port takes a number from 0 to 65535, not `{port}`")),
+        ["migrate", "up"] => Ok(Command::MigrateUp),
+        ["migrate", "down"] => Ok(Command::MigrateDown),
+        ["migrate", "status"] => Ok(Command::MigrateStatus),
+        ["-h" | "--help" | "help"] => Ok(Command::Help),
+        _ => Err(format!("unknown arguments: {}", args.join(" "))),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("error: {err}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Help = command {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match Config::from_env(Profile::Harness) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    seance::telemetry::init(&config.log_level, config.log_format);
+    let result = match command {
+        Command::Serve { port } => {
+            if let Some(port) = port {
+                config.port = port;
+            }
+            serve(config).await
+        }
+        Command::MigrateUp | Command::MigrateDown | Command::MigrateStatus => {
+            migrate(&config, &command).await
+        }
+        Command::Help => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutting down");
+    };
+    let harness = local_dev::spawn_with_shutdown(config, ctrl_c).await?;
+    // One line with the bound address, for people and for scripts that started on port 0.
+    println!("listening on {}", harness.base_url());
+    println!("websocket_url {}", harness.app.websocket_url);
+    std::io::stdout().flush()?;
+    harness.wait().await?;
+    Ok(())
+}
+
+async fn migrate(config: &Config, command: &Command) -> Result<(), Box<dyn std::error::Error>> {
+    let database = Database::connect_lazy(config)?;
+    match command {
+        Command::MigrateUp => {
+            let applied = database.migrate_up().await?;
+            if applied.is_empty() {
+                println!("up to date: no pending migrations");
+            }
+            for version in applied {
+                println!("applied {version:04}");
+            }
+        }
+        Command::MigrateDown => match database.migrate_down().await? {
+            Some(version) => println!("reverted {version:04}"),
+            None => println!("nothing to revert: no migration is applied"),
+        },
+        _ => {
+            for status in database.migration_status().await? {
+                let state = match status.state {
+                    MigrationState::Applied => "applied",
+                    MigrationState::Pending => "pending",
+                };
+                println!("{:04} {:<8} {}", status.version, state, status.description);
+            }
+        }
+    }
+    database.close().await;
+    Ok(())
+}

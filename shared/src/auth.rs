@@ -1,0 +1,227 @@
+//! The session token: an HS256 JWT exactly as the protocol's "The token" section says.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{JwtSecret, MIN_JWT_SECRET_CHARS};
+use crate::domain::{Participant, Role};
+
+pub const ISSUER: &str = "seance";
+pub const AUDIENCE: &str = "seance-client";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The participant id.
+    pub sub: Uuid,
+    /// The session id: a token opens nothing in any other session.
+    pub sid: Uuid,
+    /// The participant's display name.
+    pub name: String,
+    pub role: Role,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token was given")]
+    Missing,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is malformed or wrongly signed")]
+    Invalid,
+    #[error("the token could not be signed")]
+    Signing,
+}
+
+/// Signs and checks tokens. Built once at start-up.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+    /// True when the secret was made for this process (the harness without `JWT_SECRET`).
+    pub ephemeral: bool,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("ttl", &self.ttl)
+            .field("ephemeral", &self.ephemeral)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKeys {
+    pub fn new(secret: &JwtSecret, ttl: Duration) -> Self {
+        let (bytes, ephemeral) = match secret {
+            JwtSecret::Configured(secret) => (secret.expose().as_bytes().to_vec(), false),
+            JwtSecret::Ephemeral => (ephemeral_secret(), true),
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(&bytes),
+            decoding: DecodingKey::from_secret(&bytes),
+            validation,
+            ttl,
+            ephemeral,
+        }
+    }
+
+    pub fn issue(&self, session_id: Uuid, participant: &Participant) -> Result<String, AuthError> {
+        let now = Utc::now().timestamp();
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let claims = Claims {
+            sub: participant.id,
+            sid: session_id,
+            name: participant.display_name.clone(),
+            role: participant.role,
+            iat: now,
+            exp: now.saturating_add(ttl),
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims (tests use it to make expired or foreign tokens).
+    pub fn sign(&self, claims: &Claims) -> Result<String, AuthError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|_| AuthError::Signing)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|err| match err.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })
+    }
+}
+
+/// 48 random bytes from two v4 UUIDs' OS randomness, hex-encoded: enough for HS256 and
+/// no extra dependency.
+fn ephemeral_secret() -> Vec<u8> {
+    let mut secret = String::with_capacity(MIN_JWT_SECRET_CHARS * 2);
+    while secret.len() < MIN_JWT_SECRET_CHARS * 2 {
+        secret.push_str(&Uuid::new_v4().simple().to_string());
+    }
+    secret.into_bytes()
+}
+
+/// Pulls the token out of an `Authorization: Bearer <jwt>` header value.
+pub fn bearer_token(header: Option<&str>) -> Result<&str, AuthError> {
+    let value = header.ok_or(AuthError::Missing)?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Invalid)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Invalid);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn keys(secret: &str) -> TokenKeys {
+        TokenKeys::new(
+            &JwtSecret::Configured(Secret::new(secret)),
+            Duration::from_secs(3600),
+        )
+    }
+
+    fn someone() -> Participant {
+        Participant {
+            id: Uuid::new_v4(),
+            display_name: "Ada".into(),
+            role: Role::Host,
+            seat: 0,
+        }
+    }
+
+    const SECRET: &str = "a-test-secret-that-is-long-enough-1234";
+
+    #[test]
+    fn issued_tokens_verify_with_every_claim() {
+        let keys = keys(SECRET);
+        let who = someone();
+        let sid = Uuid::new_v4();
+        let claims = keys.verify(&keys.issue(sid, &who).unwrap()).unwrap();
+        assert_eq!(claims.sub, who.id);
+        assert_eq!(claims.sid, sid);
+        assert_eq!(claims.name, "Ada");
+        assert_eq!(claims.role, Role::Host);
+        assert_eq!(claims.iss, ISSUER);
+        assert_eq!(claims.aud, AUDIENCE);
+        assert_eq!(claims.exp - claims.iat, 3600);
+    }
+
+    #[test]
+    fn wrong_secret_expiry_and_garbage_are_refused() {
+        let keys = keys(SECRET);
+        let other = self::keys("another-secret-that-is-long-enough-9876");
+        let token = other.issue(Uuid::new_v4(), &someone()).unwrap();
+        assert_eq!(keys.verify(&token), Err(AuthError::Invalid));
+        assert_eq!(keys.verify("not.a.jwt"), Err(AuthError::Invalid));
+        assert_eq!(keys.verify(""), Err(AuthError::Missing));
+
+        let now = Utc::now().timestamp();
+        let mut claims = keys
+            .verify(&keys.issue(Uuid::new_v4(), &someone()).unwrap())
+            .unwrap();
+        claims.iat = now - 7200;
+        claims.exp = now - 3600;
+        assert_eq!(
+            keys.verify(&keys.sign(&claims).unwrap()),
+            Err(AuthError::Expired)
+        );
+
+        claims.exp = now + 3600;
+        claims.aud = "someone-else".into();
+        assert_eq!(
+            keys.verify(&keys.sign(&claims).unwrap()),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[test]
+    fn ephemeral_secrets_differ_per_process_start() {
+        let a = TokenKeys::new(&JwtSecret::Ephemeral, Duration::from_secs(60));
+        let b = TokenKeys::new(&JwtSecret::Ephemeral, Duration::from_secs(60));
+        assert!(a.ephemeral);
+        let token = a.issue(Uuid::new_v4(), &someone()).unwrap();
+        assert!(a.verify(&token).is_ok());
+        assert_eq!(b.verify(&token), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn bearer_header_is_parsed() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(Some("bearer  abc ")), Ok("abc"));
+        assert_eq!(bearer_token(None), Err(AuthError::Missing));
+        assert_eq!(bearer_token(Some("Basic abc")), Err(AuthError::Invalid));
+        assert_eq!(bearer_token(Some("Bearer ")), Err(AuthError::Invalid));
+    }
+}

@@ -1,0 +1,471 @@
+//! Typed configuration, read once from the environment (and `.env` when present) and
+//! validated at start-up with a message that names the variable. Secret values are never
+//! printed: `Debug` redacts them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Who is starting: a Lambda must be given everything; the harness has embedded defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Lambda,
+    Harness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Where CORS lets browsers call from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The JWT signing secret, or (harness only) a request to make an ephemeral one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtSecret {
+    Configured(Secret),
+    Ephemeral,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub profile: Profile,
+    /// `postgres://…` or `sqlite:…` (`sqlite::memory:` works too).
+    pub database_url: Secret,
+    /// Database connections per process; a Lambda needs 1–2.
+    pub database_max_connections: u32,
+    /// `redis://…` / `rediss://…`; `None` means the harness's embedded stores.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key, so deployments and tests can share a server.
+    pub redis_key_prefix: String,
+    pub jwt_secret: JwtSecret,
+    pub jwt_ttl: Duration,
+    pub cors_origins: CorsOrigins,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// What `websocket_url` says in REST answers; the harness derives it when unset.
+    pub public_ws_url: Option<String>,
+    /// Largest accepted request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// `max_participants` when a creator leaves it out.
+    pub default_max_participants: u8,
+    /// The highest `max_participants` a creator may ask for.
+    pub max_participants_cap: u8,
+    /// `messages?limit=` when left out.
+    pub default_page_size: u32,
+    /// The harness's port (`PORT`); 0 picks a free one.
+    pub port: u16,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration error: {var} is required but not set ({hint})")]
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
+    #[error("configuration error: {var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+pub const MIN_JWT_SECRET_CHARS: usize = 32;
+const DEFAULT_SQLITE_URL: &str = "sqlite:.seance/seance.db";
+
+impl Config {
+    /// Reads `.env` (if present, without overriding the real environment), then the
+    /// environment.
+    pub fn from_env(profile: Profile) -> Result<Self, ConfigError> {
+        // A missing .env is the normal case in Lambda; a malformed one is worth a warning.
+        if let Err(err) = dotenvy::dotenv()
+            && !err.not_found()
+        {
+            eprintln!("warning: ignoring .env: {err}");
+        }
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(profile, &vars)
+    }
+
+    /// The validation itself, over any map, so tests need not touch the process environment.
+    pub fn from_vars(
+        profile: Profile,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            vars.get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let lambda = profile == Profile::Lambda;
+
+        let database_url = match get("DATABASE_URL") {
+            Some(url) => url,
+            None if lambda => {
+                return Err(ConfigError::Missing {
+                    var: "DATABASE_URL",
+                    hint: "a postgres:// URL",
+                });
+            }
+            None => DEFAULT_SQLITE_URL.to_owned(),
+        };
+        if !(database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+            || database_url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::Invalid {
+                var: "DATABASE_URL",
+                reason: "must start with postgres://, postgresql:// or sqlite:".into(),
+            });
+        }
+        if lambda && database_url.starts_with("sqlite:") {
+            return Err(ConfigError::Invalid {
+                var: "DATABASE_URL",
+                reason: "a Lambda needs PostgreSQL; SQLite is for the local harness".into(),
+            });
+        }
+
+        let redis_url = get("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid {
+                var: "REDIS_URL",
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        if lambda && redis_url.is_none() {
+            return Err(ConfigError::Missing {
+                var: "REDIS_URL",
+                hint: "a redis:// or rediss:// URL",
+            });
+        }
+
+        let jwt_secret = match get("JWT_SECRET") {
+            Some(secret) if secret.chars().count() >= MIN_JWT_SECRET_CHARS => {
+                JwtSecret::Configured(Secret::new(secret))
+            }
+            Some(secret) => {
+                return Err(ConfigError::Invalid {
+                    var: "JWT_SECRET",
+                    reason: format!(
+                        "must be at least {MIN_JWT_SECRET_CHARS} characters (got {})",
+                        secret.chars().count()
+                    ),
+                });
+            }
+            None if lambda => {
+                return Err(ConfigError::Missing {
+                    var: "JWT_SECRET",
+                    hint: "at least 32 random characters, e.g. from `openssl rand -base64 48`",
+                });
+            }
+            None => JwtSecret::Ephemeral,
+        };
+
+        let jwt_ttl = match get("JWT_TTL") {
+            Some(raw) => parse_duration(&raw).map_err(|reason| ConfigError::Invalid {
+                var: "JWT_TTL",
+                reason,
+            })?,
+            None => Duration::from_secs(12 * 3600),
+        };
+
+        let cors_origins = match get("CORS_ORIGINS") {
+            None => CorsOrigins::Any,
+            Some(raw) if raw == "*" => CorsOrigins::Any,
+            Some(raw) => {
+                let origins: Vec<String> = raw
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                if let Some(bad) = origins
+                    .iter()
+                    .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+                {
+                    return Err(ConfigError::Invalid {
+                        var: "CORS_ORIGINS",
+                        reason: format!(
+                            "`{bad}` is not an origin; give `*` or a comma-separated list like https://app.example.com"
+                        ),
+                    });
+                }
+                CorsOrigins::List(origins)
+            }
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None if lambda => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "LOG_FORMAT",
+                    reason: format!("`{other}` is neither json nor pretty"),
+                });
+            }
+        };
+        let log_level = get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError::Invalid {
+                var: "LOG_LEVEL",
+                reason: format!("`{log_level}` is not a level or filter (try info or debug)"),
+            });
+        }
+
+        let public_ws_url = get("PUBLIC_WS_URL");
+        if let Some(url) = &public_ws_url
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            return Err(ConfigError::Invalid {
+                var: "PUBLIC_WS_URL",
+                reason: "must start with ws:// or wss://".into(),
+            });
+        }
+        if lambda && public_ws_url.is_none() {
+            return Err(ConfigError::Missing {
+                var: "PUBLIC_WS_URL",
+                hint: "the wss:// URL of the WebSocket API stage",
+            });
+        }
+
+        let max_participants_cap = parse_num(&get, "MAX_PARTICIPANTS_CAP", 12u8, 2, 12)?;
+        let default_max_participants = parse_num(
+            &get,
+            "DEFAULT_MAX_PARTICIPANTS",
+            8u8.min(max_participants_cap),
+            2,
+            max_participants_cap,
+        )?;
+
+        Ok(Self {
+            profile,
+            database_url: Secret::new(database_url),
+            database_max_connections: parse_num(
+                &get,
+                "DATABASE_MAX_CONNECTIONS",
+                if lambda { 2 } else { 5 },
+                1,
+                100,
+            )?,
+            redis_url: redis_url.map(Secret::new),
+            redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "seance:".to_owned()),
+            jwt_secret,
+            jwt_ttl,
+            cors_origins,
+            log_level,
+            log_format,
+            public_ws_url,
+            max_body_bytes: parse_num(&get, "MAX_BODY_BYTES", 16 * 1024, 256, 1024 * 1024)?,
+            default_max_participants,
+            max_participants_cap,
+            default_page_size: parse_num(&get, "DEFAULT_PAGE_SIZE", 50, 1, 100)?,
+            port: parse_num(&get, "PORT", 3000, 0, u16::MAX)?,
+        })
+    }
+
+    /// The harness's embedded defaults, as if no variable were set.
+    pub fn harness_defaults() -> Self {
+        // No variable set cannot fail validation.
+        Self::from_vars(Profile::Harness, &HashMap::new()).unwrap_or_else(|err| {
+            unreachable!("embedded defaults are valid: {err}");
+        })
+    }
+
+    pub fn uses_sqlite(&self) -> bool {
+        self.database_url.expose().starts_with("sqlite:")
+    }
+}
+
+fn parse_num<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
+    match raw.parse::<T>() {
+        Ok(value) if value >= min && value <= max => Ok(value),
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: format!("`{raw}` is not a whole number from {min} to {max}"),
+        }),
+    }
+}
+
+/// `3600`, `3600s`, `90m`, `12h` or `7d`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (digits, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration like 3600, 90m, 12h or 7d"))?;
+    let secs = match unit {
+        "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        "d" => value.saturating_mul(86_400),
+        _ => return Err(format!("`{raw}` has an unknown unit; use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn lambda_vars() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DATABASE_URL", "postgres://u@db/seance"),
+            ("REDIS_URL", "redis://cache:6379"),
+            ("JWT_SECRET", GOOD_SECRET),
+            (
+                "PUBLIC_WS_URL",
+                "wss://abc.execute-api.eu-west-1.amazonaws.com/prod",
+            ),
+        ]
+    }
+
+    #[test]
+    fn harness_defaults_are_embedded() {
+        let config = Config::harness_defaults();
+        assert_eq!(config.database_url.expose(), DEFAULT_SQLITE_URL);
+        assert_eq!(config.jwt_secret, JwtSecret::Ephemeral);
+        assert_eq!(config.redis_url, None);
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.jwt_ttl, Duration::from_secs(43_200));
+        assert_eq!(config.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn lambda_requires_a_long_secret() {
+        let mut pairs = lambda_vars();
+        assert!(Config::from_vars(Profile::Lambda, &vars(&pairs)).is_ok());
+        pairs[2] = ("JWT_SECRET", "short");
+        let err = Config::from_vars(Profile::Lambda, &vars(&pairs)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration error: JWT_SECRET is invalid: must be at least 32 characters (got 5)"
+        );
+        pairs.remove(2);
+        let err = Config::from_vars(Profile::Lambda, &vars(&pairs)).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: "JWT_SECRET",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn errors_never_echo_the_secret() {
+        let mut pairs = lambda_vars();
+        pairs[2] = ("JWT_SECRET", "hunter2-is-my-password");
+        let err = Config::from_vars(Profile::Lambda, &vars(&pairs)).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+        let config = Config::from_vars(Profile::Lambda, &vars(&lambda_vars())).unwrap();
+        assert!(!format!("{config:?}").contains(GOOD_SECRET));
+    }
+
+    #[test]
+    fn lambda_needs_every_service() {
+        for missing in ["DATABASE_URL", "REDIS_URL", "PUBLIC_WS_URL"] {
+            let pairs: Vec<_> = lambda_vars()
+                .into_iter()
+                .filter(|(k, _)| *k != missing)
+                .collect();
+            let err = Config::from_vars(Profile::Lambda, &vars(&pairs)).unwrap_err();
+            assert!(err.to_string().contains(missing), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "http://x"),
+            ("JWT_TTL", "forever"),
+            ("LOG_FORMAT", "xml"),
+            ("CORS_ORIGINS", "example.com"),
+            ("PORT", "99999"),
+            ("PUBLIC_WS_URL", "http://x"),
+            ("MAX_BODY_BYTES", "-1"),
+        ] {
+            let err = Config::from_vars(Profile::Harness, &vars(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("12y").is_err());
+    }
+
+    #[test]
+    fn cors_list_is_parsed() {
+        let config = Config::from_vars(
+            Profile::Harness,
+            &vars(&[("CORS_ORIGINS", "https://a.example, http://localhost:5173/")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.cors_origins,
+            CorsOrigins::List(vec![
+                "https://a.example".into(),
+                "http://localhost:5173".into()
+            ])
+        );
+    }
+}

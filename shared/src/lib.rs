@@ -1,0 +1,18 @@
+//! The séance backend as a library: every Lambda in `functions/` and the local harness in
+//! `local-dev/` are thin binaries over this crate, so the code that runs offline is the code
+//! that runs in AWS.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod health;
+pub mod personas;
+pub mod rest;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;
+pub use error::ApiError;

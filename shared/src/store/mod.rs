@@ -1,0 +1,150 @@
+//! Sessions, participants and messages behind one trait, with two real implementations
+//! on `sqlx`: PostgreSQL (production) and SQLite (the harness's embedded default). Both
+//! run the same SQL text, so one conformance suite proves both.
+
+mod migrations;
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+use crate::domain::{
+    DisplayName, MaxParticipants, Message, MessageKind, Participant, Session, SessionName,
+};
+
+pub use migrations::{MigrationState, MigrationStatus};
+pub use sql::{Database, PgStore, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no session has this id")]
+    SessionNotFound,
+    #[error("the session is full")]
+    SessionFull,
+    #[error("the session has ended")]
+    SessionEnded,
+    #[error("no message of this session has this id")]
+    UnknownMessage,
+    /// The database could not be reached or is overloaded: worth a retry (503).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.to_string()),
+            sqlx::Error::Database(db)
+                if matches!(
+                    db.code().as_deref(),
+                    // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
+                    // SQLITE_BUSY, SQLITE_LOCKED
+                    Some("57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
+                ) =>
+            {
+                Self::Unavailable(err.to_string())
+            }
+            _ => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+/// What creating a session needs; already validated.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub name: SessionName,
+    pub persona: String,
+    pub max_participants: MaxParticipants,
+    pub host_name: DisplayName,
+}
+
+/// A message to store; `author` is `None` for the spirit.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub session_id: Uuid,
+    pub kind: MessageKind,
+    pub author: Option<Participant>,
+    pub content: String,
+    pub in_reply_to: Option<Uuid>,
+}
+
+/// One page of history, oldest first; `next_before` is where the next (older) page starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    pub next_before: Option<Uuid>,
+}
+
+/// Messages after a point, oldest first; `has_more` when the limit cut the list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagesAfter {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+
+    /// One round trip, for `/health`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates the session with its host in seat 0.
+    async fn create_session(&self, new: NewSession) -> Result<(Session, Participant), StoreError>;
+
+    /// Takes the next free seat, atomically: of two joins racing for the last seat,
+    /// exactly one wins and the other gets `SessionFull`.
+    async fn join_session(
+        &self,
+        session_id: Uuid,
+        display_name: &DisplayName,
+    ) -> Result<(Session, Participant), StoreError>;
+
+    async fn session(&self, id: Uuid) -> Result<Session, StoreError>;
+
+    async fn participant(
+        &self,
+        session_id: Uuid,
+        participant_id: Uuid,
+    ) -> Result<Option<Participant>, StoreError>;
+
+    /// Ends an active session; `SessionEnded` if it already was.
+    async fn end_session(&self, id: Uuid) -> Result<Session, StoreError>;
+
+    /// Stores a message in an active session (`SessionEnded` otherwise).
+    async fn add_message(&self, new: NewMessage) -> Result<Message, StoreError>;
+
+    /// The newest `limit` messages older than `before` (or the newest of all), oldest first.
+    async fn messages_before(
+        &self,
+        session_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<MessagePage, StoreError>;
+
+    /// The oldest `limit` messages newer than `after`, oldest first.
+    async fn messages_after(
+        &self,
+        session_id: Uuid,
+        after: Uuid,
+        limit: u32,
+    ) -> Result<MessagesAfter, StoreError>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Now, at the microsecond precision both databases keep, so what a writer returns equals
+/// what a reader later sees.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,440 @@
+//! The PostgreSQL and SQLite stores. Both speak the same SQL (`$N` placeholders work in
+//! SQLite too), so one macro writes both implementations and they cannot drift.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use uuid::Uuid;
+
+use super::{DynStore, MessagePage, MessagesAfter, NewMessage, NewSession, Store, StoreError, now};
+use crate::config::Config;
+use crate::domain::{DisplayName, Message, MessageKind, Participant, Role, Session, SessionStatus};
+
+/// A connection pool to whichever database `DATABASE_URL` names.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Builds the pool without connecting: the first query connects, so a Lambda's cold
+    /// start makes no network call. A SQLite file's folder is created here.
+    pub fn connect_lazy(config: &Config) -> Result<Self, StoreError> {
+        let url = config.database_url.expose();
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|_| {
+                    StoreError::Internal("DATABASE_URL is not a valid sqlite: URL".into())
+                })?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5));
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let pool = if in_memory {
+                // Every connection to :memory: is its own database: keep exactly one, forever.
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_lazy_with(options)
+            } else {
+                if let Some(dir) = options.get_filename().parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|err| {
+                        StoreError::Unavailable(format!(
+                            "cannot create the SQLite folder {}: {err}",
+                            dir.display()
+                        ))
+                    })?;
+                }
+                SqlitePoolOptions::new()
+                    .max_connections(config.database_max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy_with(options.journal_mode(SqliteJournalMode::Wal))
+            };
+            Ok(Self::Sqlite(pool))
+        } else {
+            let options = PgConnectOptions::from_str(url).map_err(|_| {
+                StoreError::Internal("DATABASE_URL is not a valid postgres:// URL".into())
+            })?;
+            let pool = PgPoolOptions::new()
+                .max_connections(config.database_max_connections)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy_with(options);
+            Ok(Self::Postgres(pool))
+        }
+    }
+
+    pub fn store(&self) -> DynStore {
+        match self {
+            Self::Postgres(pool) => Arc::new(PgStore { pool: pool.clone() }),
+            Self::Sqlite(pool) => Arc::new(SqliteStore { pool: pool.clone() }),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pub pool: PgPool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pub pool: SqlitePool,
+}
+
+const SELECT_SESSION: &str = "SELECT id, name, persona, status, participant_count, max_participants, created_at FROM sessions WHERE id = $1";
+
+const JOIN_TAKE_SEAT: &str = "UPDATE sessions SET participant_count = participant_count + 1 \
+     WHERE id = $1 AND status = 'active' AND participant_count < max_participants \
+     RETURNING id, name, persona, status, participant_count, max_participants, created_at";
+
+const END_SESSION: &str = "UPDATE sessions SET status = 'ended', ended_at = $2 \
+     WHERE id = $1 AND status = 'active' \
+     RETURNING id, name, persona, status, participant_count, max_participants, created_at";
+
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, name, persona, status, participant_count, max_participants, created_at) \
+     VALUES ($1, $2, $3, 'active', 1, $4, $5)";
+
+const INSERT_PARTICIPANT: &str = "INSERT INTO participants (id, session_id, display_name, role, seat, joined_at) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+const SELECT_PARTICIPANT: &str =
+    "SELECT id, display_name, role, seat FROM participants WHERE session_id = $1 AND id = $2";
+
+// Only into an active session: the check and the insert are one statement, so a message
+// cannot slip in after the session ended.
+const INSERT_MESSAGE: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at) \
+     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND status = 'active')";
+
+const MESSAGE_SEQ: &str = "SELECT seq FROM messages WHERE session_id = $1 AND id = $2";
+
+const MESSAGES_BEFORE: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, \
+            p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
+     FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
+     WHERE m.session_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3";
+
+const MESSAGES_AFTER: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, \
+            p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
+     FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
+     WHERE m.session_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3";
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("unexpected value in column {what}"))
+}
+
+fn to_u32(value: i32, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| corrupt(what))
+}
+
+macro_rules! impl_sql_store {
+    ($store:ident, $row:ty, $backend:literal) => {
+        impl $store {
+            fn session_from_row(row: &$row) -> Result<Session, StoreError> {
+                let status: String = row.try_get("status")?;
+                Ok(Session {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    persona: row.try_get("persona")?,
+                    status: SessionStatus::from_db(&status).ok_or_else(|| corrupt("status"))?,
+                    participant_count: to_u32(
+                        row.try_get("participant_count")?,
+                        "participant_count",
+                    )?,
+                    max_participants: to_u32(row.try_get("max_participants")?, "max_participants")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            fn participant_from_row(row: &$row) -> Result<Participant, StoreError> {
+                let role: String = row.try_get("role")?;
+                Ok(Participant {
+                    id: row.try_get("id")?,
+                    display_name: row.try_get("display_name")?,
+                    role: Role::from_db(&role).ok_or_else(|| corrupt("role"))?,
+                    seat: to_u32(row.try_get("seat")?, "seat")?,
+                })
+            }
+
+            fn message_from_row(row: &$row) -> Result<Message, StoreError> {
+                let kind: String = row.try_get("kind")?;
+                let author_id: Option<Uuid> = row.try_get("author_id")?;
+                let author = match author_id {
+                    None => None,
+                    Some(id) => {
+                        let role: String = row.try_get("author_role")?;
+                        Some(Participant {
+                            id,
+                            display_name: row.try_get("author_name")?,
+                            role: Role::from_db(&role).ok_or_else(|| corrupt("role"))?,
+                            seat: to_u32(row.try_get("author_seat")?, "seat")?,
+                        })
+                    }
+                };
+                Ok(Message {
+                    id: row.try_get("id")?,
+                    session_id: row.try_get("session_id")?,
+                    kind: MessageKind::from_db(&kind).ok_or_else(|| corrupt("kind"))?,
+                    author,
+                    content: row.try_get("content")?,
+                    in_reply_to: row.try_get("in_reply_to")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            /// Why a conditional update touched nothing: the session is missing, ended or full.
+            async fn why_not(&self, id: Uuid) -> StoreError {
+                match self.session(id).await {
+                    Ok(session) if session.status == SessionStatus::Ended => {
+                        StoreError::SessionEnded
+                    }
+                    Ok(_) => StoreError::SessionFull,
+                    Err(err) => err,
+                }
+            }
+
+            async fn message_seq(&self, session_id: Uuid, id: Uuid) -> Result<i64, StoreError> {
+                sqlx::query(MESSAGE_SEQ)
+                    .bind(session_id)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|row| row.try_get::<i64, _>("seq"))
+                    .transpose()?
+                    .ok_or(StoreError::UnknownMessage)
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_session(
+                &self,
+                new: NewSession,
+            ) -> Result<(Session, Participant), StoreError> {
+                let created_at = now();
+                let session = Session {
+                    id: Uuid::now_v7(),
+                    name: new.name.as_str().to_owned(),
+                    persona: new.persona,
+                    status: SessionStatus::Active,
+                    participant_count: 1,
+                    max_participants: u32::from(new.max_participants.get()),
+                    created_at,
+                };
+                let host = Participant {
+                    id: Uuid::now_v7(),
+                    display_name: new.host_name.as_str().to_owned(),
+                    role: Role::Host,
+                    seat: 0,
+                };
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(INSERT_SESSION)
+                    .bind(session.id)
+                    .bind(&session.name)
+                    .bind(&session.persona)
+                    .bind(i32::from(new.max_participants.get()))
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(INSERT_PARTICIPANT)
+                    .bind(host.id)
+                    .bind(session.id)
+                    .bind(&host.display_name)
+                    .bind(Role::Host.as_str())
+                    .bind(0_i32)
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok((session, host))
+            }
+
+            async fn join_session(
+                &self,
+                session_id: Uuid,
+                display_name: &DisplayName,
+            ) -> Result<(Session, Participant), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // The conditional increment is the seat lock: the row lock (Postgres) or the
+                // write lock (SQLite) makes racing joins take turns, and each re-checks the cap.
+                let Some(row) = sqlx::query(JOIN_TAKE_SEAT)
+                    .bind(session_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    tx.rollback().await?;
+                    return Err(self.why_not(session_id).await);
+                };
+                let session = Self::session_from_row(&row)?;
+                let seat = session.participant_count.saturating_sub(1);
+                let participant = Participant {
+                    id: Uuid::now_v7(),
+                    display_name: display_name.as_str().to_owned(),
+                    role: Role::Participant,
+                    seat,
+                };
+                sqlx::query(INSERT_PARTICIPANT)
+                    .bind(participant.id)
+                    .bind(session_id)
+                    .bind(&participant.display_name)
+                    .bind(Role::Participant.as_str())
+                    .bind(i32::try_from(seat).map_err(|_| corrupt("seat"))?)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok((session, participant))
+            }
+
+            async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
+                let row = sqlx::query(SELECT_SESSION)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(StoreError::SessionNotFound)?;
+                Self::session_from_row(&row)
+            }
+
+            async fn participant(
+                &self,
+                session_id: Uuid,
+                participant_id: Uuid,
+            ) -> Result<Option<Participant>, StoreError> {
+                sqlx::query(SELECT_PARTICIPANT)
+                    .bind(session_id)
+                    .bind(participant_id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|row| Self::participant_from_row(&row))
+                    .transpose()
+            }
+
+            async fn end_session(&self, id: Uuid) -> Result<Session, StoreError> {
+                match sqlx::query(END_SESSION)
+                    .bind(id)
+                    .bind(now())
+                    .fetch_optional(&self.pool)
+                    .await?
+                {
+                    Some(row) => Self::session_from_row(&row),
+                    None => Err(self.why_not(id).await),
+                }
+            }
+
+            async fn add_message(&self, new: NewMessage) -> Result<Message, StoreError> {
+                let message = Message {
+                    id: Uuid::now_v7(),
+                    session_id: new.session_id,
+                    kind: new.kind,
+                    author: new.author,
+                    content: new.content,
+                    in_reply_to: new.in_reply_to,
+                    created_at: now(),
+                };
+                let inserted = sqlx::query(INSERT_MESSAGE)
+                    .bind(message.id)
+                    .bind(message.session_id)
+                    .bind(message.kind.as_str())
+                    .bind(message.author.as_ref().map(|a| a.id))
+                    .bind(&message.content)
+                    .bind(message.in_reply_to)
+                    .bind(message.created_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    return Err(match self.session(message.session_id).await {
+                        Ok(_) => StoreError::SessionEnded,
+                        Err(err) => err,
+                    });
+                }
+                Ok(message)
+            }
+
+            async fn messages_before(
+                &self,
+                session_id: Uuid,
+                before: Option<Uuid>,
+                limit: u32,
+            ) -> Result<MessagePage, StoreError> {
+                let below = match before {
+                    Some(id) => self.message_seq(session_id, id).await?,
+                    None => i64::MAX,
+                };
+                let rows = sqlx::query(MESSAGES_BEFORE)
+                    .bind(session_id)
+                    .bind(below)
+                    // One extra row says whether an older page exists.
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut messages = rows
+                    .iter()
+                    .take(limit as usize)
+                    .map(Self::message_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                messages.reverse();
+                let next_before = if rows.len() > limit as usize {
+                    messages.first().map(|m| m.id)
+                } else {
+                    None
+                };
+                Ok(MessagePage {
+                    messages,
+                    next_before,
+                })
+            }
+
+            async fn messages_after(
+                &self,
+                session_id: Uuid,
+                after: Uuid,
+                limit: u32,
+            ) -> Result<MessagesAfter, StoreError> {
+                let above = self.message_seq(session_id, after).await?;
+                let rows = sqlx::query(MESSAGES_AFTER)
+                    .bind(session_id)
+                    .bind(above)
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let messages = rows
+                    .iter()
+                    .take(limit as usize)
+                    .map(Self::message_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(MessagesAfter {
+                    has_more: rows.len() > limit as usize,
+                    messages,
+                })
+            }
+        }
+    };
+}
+
+impl_sql_store!(PgStore, sqlx::postgres::PgRow, "postgres");
+impl_sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, "sqlite");
