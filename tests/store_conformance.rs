@@ -1,1 +1,360 @@
+//! One conformance suite, run against both stores: PostgreSQL (a fresh database per test)
+//! and SQLite (a fresh file per test). Both must behave identically.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashSet;
+
+use seance::domain::{
+    DisplayName, MaxParticipants, MessageKind, Participant, Role, SessionName, SessionStatus,
+};
+use seance::store::{DynStore, NewMessage, NewSession, StoreError};
+use seance_tests::{Backend, fresh_store};
+use uuid::Uuid;
+
+fn new_session(max: i64) -> NewSession {
+    NewSession {
+        name: SessionName::parse("Friday séance").unwrap(),
+        persona: "madame-veyra".into(),
+        max_participants: MaxParticipants::parse(max, 12).unwrap(),
+        host_name: DisplayName::parse("Ada").unwrap(),
+    }
+}
+
+fn name(n: &str) -> DisplayName {
+    DisplayName::parse(n).unwrap()
+}
+
+async fn question(
+    store: &DynStore,
+    session: Uuid,
+    author: &Participant,
+    text: &str,
+) -> seance::domain::Message {
+    store
+        .add_message(NewMessage {
+            session_id: session,
+            kind: MessageKind::Question,
+            author: Some(author.clone()),
+            content: text.into(),
+            in_reply_to: None,
+        })
+        .await
+        .unwrap()
+}
+
+async fn answer(store: &DynStore, session: Uuid, to: Uuid, text: &str) -> seance::domain::Message {
+    store
+        .add_message(NewMessage {
+            session_id: session,
+            kind: MessageKind::Spirit,
+            author: None,
+            content: text.into(),
+            in_reply_to: Some(to),
+        })
+        .await
+        .unwrap()
+}
+
+async fn creating_a_session_seats_the_host(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    assert_eq!(session.status, SessionStatus::Active);
+    assert_eq!(session.participant_count, 1);
+    assert_eq!(session.max_participants, 8);
+    assert_eq!(session.persona, "madame-veyra");
+    assert_eq!(host.role, Role::Host);
+    assert_eq!(host.seat, 0);
+    assert_eq!(host.display_name, "Ada");
+    assert_eq!(store.session(session.id).await.unwrap(), session);
+    assert_eq!(
+        store.participant(session.id, host.id).await.unwrap(),
+        Some(host.clone())
+    );
+    // A participant of one session is not one of another.
+    let (other, _) = store.create_session(new_session(8)).await.unwrap();
+    assert_eq!(store.participant(other.id, host.id).await.unwrap(), None);
+}
+
+async fn joins_take_the_next_seat_up_to_the_cap(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let (session, _) = store.create_session(new_session(3)).await.unwrap();
+    let (after_bob, bob) = store.join_session(session.id, &name("Bob")).await.unwrap();
+    assert_eq!(
+        (bob.seat, bob.role, after_bob.participant_count),
+        (1, Role::Participant, 2)
+    );
+    let (after_cy, cy) = store.join_session(session.id, &name("Cy")).await.unwrap();
+    assert_eq!((cy.seat, after_cy.participant_count), (2, 3));
+    assert!(matches!(
+        store.join_session(session.id, &name("Dee")).await,
+        Err(StoreError::SessionFull)
+    ));
+    assert_eq!(
+        store.session(session.id).await.unwrap().participant_count,
+        3
+    );
+}
+
+async fn two_joins_racing_for_the_last_seat_have_one_winner(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    for _round in 0..8 {
+        let (session, _) = store.create_session(new_session(2)).await.unwrap();
+        let racer = |who: &'static str| {
+            let store = store.clone();
+            tokio::spawn(async move { store.join_session(session.id, &name(who)).await })
+        };
+        let (a, b) = (racer("Racer A"), racer("Racer B"));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let wins = [a.is_ok(), b.is_ok()].iter().filter(|w| **w).count();
+        assert_eq!(
+            wins, 1,
+            "exactly one join wins the last seat: {a:?} / {b:?}"
+        );
+        let loser = if a.is_ok() { b } else { a };
+        assert!(matches!(loser, Err(StoreError::SessionFull)), "{loser:?}");
+        assert_eq!(
+            store.session(session.id).await.unwrap().participant_count,
+            2
+        );
+    }
+}
+
+async fn many_concurrent_joins_fill_every_seat_once(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let (session, _) = store.create_session(new_session(12)).await.unwrap();
+    let joins = (0..20).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .join_session(session.id, &name(&format!("Guest {i}")))
+                .await
+        })
+    });
+    let mut seats = HashSet::new();
+    let mut full = 0;
+    for join in joins {
+        match join.await.unwrap() {
+            Ok((_, p)) => assert!(seats.insert(p.seat), "seat {} given twice", p.seat),
+            Err(StoreError::SessionFull) => full += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seats, (1..12).collect::<HashSet<u32>>());
+    assert_eq!(full, 9);
+    assert_eq!(
+        store.session(session.id).await.unwrap().participant_count,
+        12
+    );
+}
+
+async fn unknown_sessions_are_not_found(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let nobody = Uuid::new_v4();
+    assert!(matches!(
+        store.session(nobody).await,
+        Err(StoreError::SessionNotFound)
+    ));
+    assert!(matches!(
+        store.join_session(nobody, &name("Bob")).await,
+        Err(StoreError::SessionNotFound)
+    ));
+    assert!(matches!(
+        store.end_session(nobody).await,
+        Err(StoreError::SessionNotFound)
+    ));
+    assert!(matches!(
+        store
+            .messages_before(nobody, Some(Uuid::new_v4()), 10)
+            .await,
+        Err(StoreError::UnknownMessage)
+    ));
+}
+
+async fn ending_a_session_closes_it(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    let asked = question(&store, session.id, &host, "Is anyone there?").await;
+    let ended = store.end_session(session.id).await.unwrap();
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(
+        store.session(session.id).await.unwrap().status,
+        SessionStatus::Ended
+    );
+    assert!(matches!(
+        store.end_session(session.id).await,
+        Err(StoreError::SessionEnded)
+    ));
+    assert!(matches!(
+        store.join_session(session.id, &name("Late")).await,
+        Err(StoreError::SessionEnded)
+    ));
+    let late = store
+        .add_message(NewMessage {
+            session_id: session.id,
+            kind: MessageKind::Question,
+            author: Some(host.clone()),
+            content: "Still there?".into(),
+            in_reply_to: None,
+        })
+        .await;
+    assert!(matches!(late, Err(StoreError::SessionEnded)), "{late:?}");
+    // History survives the end.
+    let page = store.messages_before(session.id, None, 50).await.unwrap();
+    assert_eq!(page.messages, vec![asked]);
+    assert_eq!(
+        store.session(session.id).await.unwrap().participant_count,
+        1
+    );
+}
+
+async fn messages_come_oldest_first_and_page_backwards(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    let (_, bob) = store.join_session(session.id, &name("Bob")).await.unwrap();
+    let (other, other_host) = store.create_session(new_session(8)).await.unwrap();
+    let mut all = Vec::new();
+    for i in 0..4 {
+        let asker = if i % 2 == 0 { &host } else { &bob };
+        let q = question(&store, session.id, asker, &format!("question {i}")).await;
+        // Noise in another session must never show up here.
+        question(&store, other.id, &other_host, "elsewhere").await;
+        let a = answer(&store, session.id, q.id, &format!("answer {i}")).await;
+        all.push(q);
+        all.push(a);
+    }
+
+    let newest = store.messages_before(session.id, None, 3).await.unwrap();
+    assert_eq!(newest.messages, all[5..].to_vec());
+    assert_eq!(newest.next_before, Some(all[5].id));
+    let middle = store
+        .messages_before(session.id, newest.next_before, 3)
+        .await
+        .unwrap();
+    assert_eq!(middle.messages, all[2..5].to_vec());
+    let oldest = store
+        .messages_before(session.id, middle.next_before, 3)
+        .await
+        .unwrap();
+    assert_eq!(oldest.messages, all[..2].to_vec());
+    assert_eq!(oldest.next_before, None);
+
+    let whole = store.messages_before(session.id, None, 100).await.unwrap();
+    assert_eq!(whole.messages, all);
+    assert_eq!(whole.next_before, None);
+    let exact = store.messages_before(session.id, None, 8).await.unwrap();
+    assert_eq!(
+        exact.next_before, None,
+        "no older page when the limit fits exactly"
+    );
+
+    // Authors come back as participants; the spirit has none and replies to its question.
+    assert_eq!(whole.messages[2].author.as_ref(), Some(&bob));
+    assert_eq!(whole.messages[1].author, None);
+    assert_eq!(whole.messages[1].kind, MessageKind::Spirit);
+    assert_eq!(whole.messages[1].in_reply_to, Some(all[0].id));
+
+    // A cursor from another session, or from nowhere, is refused.
+    let foreign = store
+        .messages_before(other.id, None, 1)
+        .await
+        .unwrap()
+        .messages[0]
+        .id;
+    assert!(matches!(
+        store.messages_before(session.id, Some(foreign), 3).await,
+        Err(StoreError::UnknownMessage)
+    ));
+}
+
+async fn messages_after_resume_without_gaps(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.push(question(&store, session.id, &host, &format!("q{i}")).await);
+    }
+    let first = store
+        .messages_after(session.id, all[0].id, 2)
+        .await
+        .unwrap();
+    assert_eq!(first.messages, all[1..3].to_vec());
+    assert!(first.has_more);
+    let rest = store
+        .messages_after(session.id, all[2].id, 2)
+        .await
+        .unwrap();
+    assert_eq!(rest.messages, all[3..5].to_vec());
+    assert!(!rest.has_more);
+    let none = store
+        .messages_after(session.id, all[4].id, 2)
+        .await
+        .unwrap();
+    assert!(none.messages.is_empty() && !none.has_more);
+    assert!(matches!(
+        store.messages_after(session.id, Uuid::new_v4(), 2).await,
+        Err(StoreError::UnknownMessage)
+    ));
+}
+
+async fn pings(backend: Backend) {
+    let (store, _db) = fresh_store(backend).await;
+    store.ping().await.unwrap();
+    assert_eq!(
+        store.backend(),
+        match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    );
+}
+
+/// Migrations go down and up again cleanly on both databases.
+async fn migrations_are_reversible(backend: Backend) {
+    let (store, db) = fresh_store(backend).await;
+    store.create_session(new_session(8)).await.unwrap();
+    let status = db.migration_status().await.unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|m| m.state == seance::store::MigrationState::Applied)
+    );
+    assert_eq!(db.migrate_down().await.unwrap(), Some(1));
+    assert!(
+        store.session(Uuid::new_v4()).await.is_err(),
+        "tables are gone"
+    );
+    let status = db.migration_status().await.unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|m| m.state == seance::store::MigrationState::Pending)
+    );
+    assert_eq!(db.migrate_down().await.unwrap(), None);
+    assert_eq!(db.migrate_up().await.unwrap(), vec![1]);
+    assert!(db.migrate_up().await.unwrap().is_empty());
+    store.create_session(new_session(8)).await.unwrap();
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+    };
+}
+
+conformance!(
+    creating_a_session_seats_the_host,
+    joins_take_the_next_seat_up_to_the_cap,
+    two_joins_racing_for_the_last_seat_have_one_winner,
+    many_concurrent_joins_fill_every_seat_once,
+    unknown_sessions_are_not_found,
+    ending_a_session_closes_it,
+    messages_come_oldest_first_and_page_backwards,
+    messages_after_resume_without_gaps,
+    pings,
+    migrations_are_reversible,
+);

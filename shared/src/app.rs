@@ -32,6 +32,26 @@ pub enum StartupError {
 }
 
 impl App {
+    /// Start-up of every Lambda: configuration from the environment (Lambda profile),
+    /// logs, then the state. A bad configuration prints one clear line naming the variable
+    /// and exits, so the function fails its init instead of serving half-configured.
+    pub fn for_lambda() -> Self {
+        let built = Config::from_env(crate::config::Profile::Lambda)
+            .map_err(StartupError::from)
+            .and_then(|config| {
+                crate::telemetry::init(&config.log_level, config.log_format);
+                let websocket_url = config.public_ws_url.clone().unwrap_or_default();
+                Self::build(config, &websocket_url)
+            });
+        match built {
+            Ok((app, _database)) => app,
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        }
+    }
+
     /// Builds the state without touching the network: pools connect on first use.
     pub fn build(config: Config, websocket_url: &str) -> Result<(Self, Database), StartupError> {
         let database = Database::connect_lazy(&config)?;

@@ -129,35 +129,29 @@ impl<T: DeserializeOwned> FromRequest<App> for JsonBody<T> {
     }
 }
 
+/// Syntax first (400), then shape (422): a body that is not JSON at all is never
+/// reported as a missing field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::InvalidJson(strip_position(&err.to_string()).to_owned()))?;
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let message = inner.to_string();
-                // serde names a missing field only in its message.
-                let field = if path == "." {
-                    message
-                        .strip_prefix("missing field `")
-                        .and_then(|rest| rest.split('`').next())
-                        .map(str::to_owned)
-                } else {
-                    Some(path)
-                };
-                let message = match &field {
-                    Some(field) => format!("{field}: {}", strip_position(&message)),
-                    None => format!("the body has the wrong shape: {}", strip_position(&message)),
-                };
-                ApiError::InvalidField(FieldError { field, message })
-            }
-            _ => ApiError::InvalidJson(strip_position(&inner.to_string()).to_owned()),
-        }
-    })?;
-    de.end()
-        .map_err(|_| ApiError::InvalidJson("trailing characters after the JSON value".into()))?;
-    Ok(value)
+        let message = err.into_inner().to_string();
+        // serde names a missing field only in its message.
+        let field = if path == "." {
+            message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned)
+        } else {
+            Some(path)
+        };
+        let message = match &field {
+            Some(field) => format!("{field}: {message}"),
+            None => format!("the body has the wrong shape: {message}"),
+        };
+        ApiError::InvalidField(FieldError { field, message })
+    })
 }
 
 fn strip_position(message: &str) -> &str {

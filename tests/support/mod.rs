@@ -1,1 +1,226 @@
+//! Shared test support: fresh databases, the harness on port 0, an HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use seance::config::{Config, JwtSecret, Profile, Secret};
+use seance::store::{Database, DynStore};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The secret every test harness signs with, so tests can forge expired or foreign tokens.
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The PostgreSQL server the suite creates its databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A database of its own for one test: `seance_test_<uuid>`, created empty. `.ci/run`
+/// drops leftovers from earlier runs.
+pub async fn fresh_postgres_url() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL must be reachable at TEST_DATABASE_URL (run the tests through .ci/run or scripts/test)");
+    let name = format!("seance_test_{}", Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("TEST_DATABASE_URL ends with /dbname");
+    format!("{base}/{name}")
+}
+
+/// A SQLite file of its own (not `:memory:`, so concurrent connections are real).
+pub fn fresh_sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("seance-test-{}.db", Uuid::new_v4().simple()));
+    format!("sqlite:{}", path.display())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The harness's configuration for a test: port 0, a known secret, quiet logs.
+pub fn test_config(database_url: &str, redis_url: Option<&str>) -> Config {
+    let mut vars = HashMap::new();
+    vars.insert("DATABASE_URL".to_owned(), database_url.to_owned());
+    vars.insert("PORT".to_owned(), "0".to_owned());
+    vars.insert("LOG_LEVEL".to_owned(), "warn".to_owned());
+    if let Some(url) = redis_url {
+        vars.insert("REDIS_URL".to_owned(), url.to_owned());
+        vars.insert(
+            "REDIS_KEY_PREFIX".to_owned(),
+            format!("seance-test:{}:", Uuid::new_v4().simple()),
+        );
+    }
+    let mut config = Config::from_vars(Profile::Harness, &vars).expect("test config is valid");
+    config.jwt_secret = JwtSecret::Configured(Secret::new(TEST_JWT_SECRET));
+    config
+}
+
+/// A migrated, empty store of the given backend.
+pub async fn fresh_store(backend: Backend) -> (DynStore, Database) {
+    let url = match backend {
+        Backend::Sqlite => fresh_sqlite_url(),
+        Backend::Postgres => fresh_postgres_url().await,
+    };
+    let config = test_config(&url, None);
+    let database = Database::connect_lazy(&config).expect("pool");
+    database.migrate_up().await.expect("migrate");
+    (database.store(), database)
+}
+
+/// The harness on port 0 and an HTTP client for it.
+pub struct TestApp {
+    pub harness: local_dev::Harness,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let config = match backend {
+        Backend::Sqlite => test_config("sqlite::memory:", None),
+        Backend::Postgres => test_config(&fresh_postgres_url().await, Some(&redis_url())),
+    };
+    spawn_app_with(config).await
+}
+
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    let harness = local_dev::spawn(config).await.expect("harness starts");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .expect("client");
+    TestApp {
+        base: harness.base_url(),
+        harness,
+        client,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn store(&self) -> Arc<dyn seance::store::Store> {
+        self.harness.app.store.clone()
+    }
+
+    /// POSTs raw bytes as JSON.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a session and returns the whole 201 body.
+    pub async fn create_session(&self, max_participants: Option<u32>) -> Value {
+        let mut body = json!({"name": "Friday séance", "host_name": "Ada"});
+        if let Some(max) = max_participants {
+            body["max_participants"] = json!(max);
+        }
+        let response = self.post("/api/sessions", body).await;
+        assert_eq!(response.status(), 201);
+        response.json().await.expect("json")
+    }
+
+    pub async fn join(&self, session_id: &str, name: &str) -> reqwest::Response {
+        self.post(
+            &format!("/api/sessions/{session_id}/join"),
+            json!({"display_name": name}),
+        )
+        .await
+    }
+}
+
+/// The status and the parsed body, asserting the protocol's error shape when it is an error.
+pub async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let text = response.text().await.expect("body");
+    let body: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    if status >= 400 {
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{text}");
+        let error = &body["error"];
+        assert!(error["code"].is_string(), "no error.code: {text}");
+        assert!(error["message"].is_string(), "no error.message: {text}");
+    }
+    (status, body)
+}
+
+/// Asserts `response` is an error with this status and code; returns the error object.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let (got, body) = status_and_body(response).await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"].clone()
+}
+
+/// The sorted keys of a JSON object.
+pub fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
