@@ -1,8 +1,13 @@
-//! The local harness: the same REST router the `sessions-api` Lambda runs, served on one
-//! port with embedded defaults (SQLite, in-process stores, an ephemeral JWT secret).
+//! The local harness: the same REST router the `sessions-api` Lambda runs and the same
+//! WebSocket handlers the `ws-*` Lambdas run, behind an emulation of API Gateway's
+//! WebSocket API (`gateway`), served on one port with embedded defaults (SQLite,
+//! in-process stores, an ephemeral JWT secret).
+
+pub mod gateway;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use seance::App;
 use seance::app::StartupError;
@@ -33,6 +38,7 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub app: App,
     pub database: Database,
+    pub gateway: Arc<gateway::Gateway>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), std::io::Error>>,
 }
@@ -87,6 +93,11 @@ pub async fn spawn_with_shutdown(
         .public_ws_url
         .clone()
         .unwrap_or_else(|| format!("ws://{addr}/ws"));
+    let mut config = config;
+    // Pushes go through the real Management API client, to this process's @connections.
+    if config.apigw_management_endpoint.is_none() {
+        config.apigw_management_endpoint = Some(format!("http://{addr}/{}", gateway::STAGE));
+    }
     if config.jwt_secret == JwtSecret::Ephemeral {
         tracing::warn!(
             "JWT_SECRET is not set: using an ephemeral secret, so every token dies with this process"
@@ -97,23 +108,32 @@ pub async fn spawn_with_shutdown(
     if !applied.is_empty() {
         tracing::info!(?applied, "applied pending migrations");
     }
-    let router = seance::rest::router(app.clone());
+    let gateway = gateway::Gateway::new(app.clone(), addr);
+    let router = seance::rest::router(app.clone()).merge(gateway::router(gateway.clone()));
     let (stop, stopped) = oneshot::channel::<()>();
+    let closing = gateway.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = stopped => {}
-                    () = signal => {}
-                }
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = stopped => {}
+                () = signal => {}
+            }
+            // Sockets are not part of HTTP's graceful shutdown: close them (each fires
+            // $disconnect) before the server stops.
+            closing.close_all().await;
+        })
+        .await
     });
     tracing::info!(%addr, backend = app.store.backend(), "harness ready");
     Ok(Harness {
         addr,
         app,
         database,
+        gateway,
         stop: Some(stop),
         server,
     })

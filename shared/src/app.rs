@@ -4,6 +4,10 @@
 use std::sync::Arc;
 
 use crate::auth::TokenKeys;
+use crate::board::Board;
+use crate::connections::{ConnectionStore, InProcessConnections, RedisConnections};
+use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
+use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::config::{Config, ConfigError};
 use crate::health::{Redis, RedisUnavailable};
 use crate::personas::Personas;
@@ -19,6 +23,10 @@ pub struct App {
     pub personas: Arc<Personas>,
     /// What REST answers give as `websocket_url`.
     pub websocket_url: Arc<str>,
+    pub connections: Arc<dyn ConnectionStore>,
+    pub pusher: Arc<dyn Pusher>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub board: Arc<Board>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +65,26 @@ impl App {
         let database = Database::connect_lazy(&config)?;
         let redis = config.redis_url.as_ref().map(Redis::new).transpose()?;
         let tokens = TokenKeys::new(&config.jwt_secret, config.jwt_ttl);
+        let (connections, limiter): (Arc<dyn ConnectionStore>, Arc<dyn RateLimiter>) = match &redis {
+            Some(redis) => (
+                Arc::new(RedisConnections::new(redis.clone(), &config.redis_key_prefix, config.connection_ttl)),
+                Arc::new(RedisRateLimiter::new(redis.clone(), &config.redis_key_prefix)),
+            ),
+            None => (
+                Arc::new(InProcessConnections::new(config.connection_ttl)),
+                Arc::new(InProcessRateLimiter::default()),
+            ),
+        };
+        let credentials = match config.profile {
+            crate::config::Profile::Lambda => AwsCredentials::Environment,
+            crate::config::Profile::Harness => AwsCredentials::Static,
+        };
+        let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(&config.aws_region, credentials));
         let app = Self {
+            connections,
+            pusher,
+            limiter,
+            board: Arc::new(Board::classic()),
             store: database.store(),
             tokens,
             redis,
@@ -66,5 +93,31 @@ impl App {
             config: Arc::new(config),
         };
         Ok((app, database))
+    }
+
+    pub fn broadcaster(&self) -> Broadcaster {
+        Broadcaster {
+            connections: self.connections.clone(),
+            pusher: self.pusher.clone(),
+        }
+    }
+
+    /// The `@connections` endpoint: the configured override, else the event's
+    /// `https://{domainName}/{stage}`, else the one `PUBLIC_WS_URL` implies.
+    pub fn push_endpoint(&self, domain_name: Option<&str>, stage: Option<&str>) -> String {
+        if let Some(endpoint) = &self.config.apigw_management_endpoint {
+            return endpoint.clone();
+        }
+        if let (Some(domain), Some(stage)) = (domain_name, stage) {
+            return format!("https://{domain}/{stage}");
+        }
+        let ws = self.websocket_url.as_ref();
+        if let Some(rest) = ws.strip_prefix("wss://") {
+            format!("https://{rest}")
+        } else if let Some(rest) = ws.strip_prefix("ws://") {
+            format!("http://{rest}")
+        } else {
+            ws.to_owned()
+        }
     }
 }

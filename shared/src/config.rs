@@ -80,6 +80,27 @@ pub struct Config {
     pub default_page_size: u32,
     /// The harness's port (`PORT`); 0 picks a free one.
     pub port: u16,
+    /// Where pushes go (`APIGW_MANAGEMENT_ENDPOINT`): needed with a custom domain, and by
+    /// the harness for its own `@connections`. Otherwise taken from each WebSocket event
+    /// (`https://{domainName}/{stage}`) or, in the REST function, from `PUBLIC_WS_URL`.
+    pub apigw_management_endpoint: Option<String>,
+    /// `AWS_REGION`, which Lambda always sets; the harness uses `us-east-1`.
+    pub aws_region: String,
+    /// Longest question, in characters (`MAX_CONTENT_CHARS`, default 500).
+    pub max_content_chars: usize,
+    /// Largest client frame, in bytes (`MAX_FRAME_BYTES`, default 32768).
+    pub max_frame_bytes: usize,
+    /// Questions per participant: a burst, then one per interval (default 3, then 1 per 3 s).
+    pub message_burst: u32,
+    pub message_interval: Duration,
+    /// At most one `typing` a participant per this interval is passed on (default 1 s).
+    pub typing_interval: Duration,
+    /// How long a connection record outlives a lost `$disconnect` (default 2 h 10 min).
+    pub connection_ttl: Duration,
+    /// The harness closes a socket idle this long (default 10 min, as API Gateway).
+    pub ws_idle_timeout: Duration,
+    /// The harness closes any socket this old (default 2 h, as API Gateway).
+    pub ws_max_lifetime: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -254,6 +275,24 @@ impl Config {
             });
         }
 
+        let apigw_management_endpoint = get("APIGW_MANAGEMENT_ENDPOINT")
+            .or_else(|| get("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"))
+            .map(|url| url.trim_end_matches('/').to_owned());
+        if let Some(url) = &apigw_management_endpoint
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid {
+                var: "APIGW_MANAGEMENT_ENDPOINT",
+                reason: "must start with https:// (or http:// for a local endpoint)".into(),
+            });
+        }
+        let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(raw) => parse_duration(&raw).map_err(|reason| ConfigError::Invalid { var, reason }),
+            }
+        };
+
         let max_participants_cap = parse_num(&get, "MAX_PARTICIPANTS_CAP", 12u8, 2, 12)?;
         let default_max_participants = parse_num(
             &get,
@@ -286,6 +325,16 @@ impl Config {
             max_participants_cap,
             default_page_size: parse_num(&get, "DEFAULT_PAGE_SIZE", 50, 1, 100)?,
             port: parse_num(&get, "PORT", 3000, 0, u16::MAX)?,
+            apigw_management_endpoint,
+            aws_region: get("AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
+            max_content_chars: parse_num(&get, "MAX_CONTENT_CHARS", 500, 1, 10_000)?,
+            max_frame_bytes: parse_num(&get, "MAX_FRAME_BYTES", 32 * 1024, 1024, 128 * 1024)?,
+            message_burst: parse_num(&get, "MESSAGE_RATE_BURST", 3, 1, 1000)?,
+            message_interval: duration("MESSAGE_RATE_INTERVAL", Duration::from_secs(3))?,
+            typing_interval: duration("TYPING_INTERVAL", Duration::from_secs(1))?,
+            connection_ttl: duration("CONNECTION_TTL", Duration::from_secs(2 * 3600 + 600))?,
+            ws_idle_timeout: duration("WS_IDLE_TIMEOUT", Duration::from_secs(600))?,
+            ws_max_lifetime: duration("WS_MAX_LIFETIME", Duration::from_secs(7200))?,
         })
     }
 
@@ -295,6 +344,20 @@ impl Config {
         Self::from_vars(Profile::Harness, &HashMap::new()).unwrap_or_else(|err| {
             unreachable!("embedded defaults are valid: {err}");
         })
+    }
+
+    pub fn message_limit(&self) -> crate::ratelimit::RateLimit {
+        crate::ratelimit::RateLimit {
+            interval: self.message_interval,
+            burst: self.message_burst,
+        }
+    }
+
+    pub fn typing_limit(&self) -> crate::ratelimit::RateLimit {
+        crate::ratelimit::RateLimit {
+            interval: self.typing_interval,
+            burst: 1,
+        }
     }
 
     pub fn uses_sqlite(&self) -> bool {

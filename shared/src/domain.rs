@@ -85,6 +85,21 @@ text_newtype!(
     40
 );
 
+/// A question's text: 1..=`max_chars` characters after trimming (500 by default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MessageContent(String);
+
+impl MessageContent {
+    pub fn parse(raw: &str, max_chars: usize) -> Result<Self, FieldError> {
+        clean_text("content", raw, max_chars).map(Self)
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 /// The host's display name arrives as `host_name`; same rules, its own field name.
 pub fn parse_host_name(raw: &str) -> Result<DisplayName, FieldError> {
     clean_text("host_name", raw, DisplayName::MAX_CHARS).map(DisplayName)

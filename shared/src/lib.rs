@@ -4,14 +4,20 @@
 
 pub mod app;
 pub mod auth;
+pub mod board;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod health;
 pub mod personas;
+pub mod protocol;
+pub mod push;
+pub mod ratelimit;
 pub mod rest;
 pub mod store;
 pub mod telemetry;
+pub mod ws;
 
 pub use app::App;
 pub use config::Config;

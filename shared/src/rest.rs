@@ -457,6 +457,7 @@ pub async fn end_session(
     }
     let session = app.store.end_session(id).await?;
     tracing::info!(session_id = %session.id, "session ended");
+    crate::ws::close_session(&app, session.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

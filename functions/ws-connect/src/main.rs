@@ -1,0 +1,15 @@
+//! The WebSocket API's connect Lambda: $connect: checks the token and the session, records the connection, announces `user_joined`.
+//! The handler is `seance::ws::handle_connect`, which the local harness calls too.
+
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let app = seance::App::for_lambda();
+    lambda_runtime::run(service_fn(|event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+        let app = app.clone();
+        async move { Ok::<_, Error>(seance::ws::handle_connect(&app, event.payload).await) }
+    }))
+    .await
+}

@@ -1,0 +1,459 @@
+//! An emulation of the API Gateway WebSocket API, faithful enough that the production
+//! handlers run unchanged: each socket gets an API Gateway-shaped connection id; each step
+//! becomes the JSON event API Gateway would send, passed through serde as Lambda would;
+//! `$connect` can refuse the upgrade; `$disconnect` always fires; and `@connections`
+//! answers as the Management API does, so pushes go through the real SDK client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::encodings::Body;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use seance::App;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// API Gateway's limits: 128 KB per message.
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// The routes of the deployed API besides `$connect`, `$disconnect` and `$default`.
+pub const ROUTES: [&str; 4] = ["send_message", "sync", "typing", "ping"];
+pub const STAGE: &str = "local";
+const API_ID: &str = "localharness";
+
+enum Outbound {
+    Text(String),
+    Close,
+}
+
+struct Socket {
+    outbound: mpsc::UnboundedSender<Outbound>,
+    connected_at: DateTime<Utc>,
+    last_active: Arc<Mutex<DateTime<Utc>>>,
+    source_ip: String,
+    user_agent: String,
+}
+
+/// The emulator's state: the app whose handlers it calls, and the open sockets.
+pub struct Gateway {
+    app: App,
+    domain_name: String,
+    sockets: Mutex<HashMap<String, Socket>>,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+    /// Disconnect handlers still running, so shutdown can wait for them.
+    in_flight: tokio::sync::Semaphore,
+}
+
+impl Gateway {
+    pub fn new(app: App, addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            idle_timeout: app.config.ws_idle_timeout,
+            max_lifetime: app.config.ws_max_lifetime,
+            app,
+            domain_name: addr.to_string(),
+            sockets: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+        })
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, Socket>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many sockets are open.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets().len()
+    }
+
+    /// Closes every socket (each fires `$disconnect`) and waits for their handlers.
+    pub async fn close_all(&self) {
+        for socket in self.sockets().values() {
+            let _ = socket.outbound.send(Outbound::Close);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && (self.open_sockets() > 0 || self.in_flight.available_permits() < MAX_IN_FLIGHT)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn request_context(&self, connection_id: &str, route_key: &str, event_type: &str, connected_at: DateTime<Utc>, source_ip: &str, user_agent: &str) -> Value {
+        let now = Utc::now();
+        json!({
+            "routeKey": route_key,
+            "eventType": event_type,
+            "extendedRequestId": request_id(),
+            "requestTime": now.format("%d/%b/%Y:%H:%M:%S %z").to_string(),
+            "messageDirection": "IN",
+            "stage": STAGE,
+            "connectedAt": connected_at.timestamp_millis(),
+            "requestTimeEpoch": now.timestamp_millis(),
+            "identity": {"sourceIp": source_ip, "userAgent": user_agent},
+            "requestId": request_id(),
+            "domainName": self.domain_name,
+            "connectionId": connection_id,
+            "apiId": API_ID,
+        })
+    }
+}
+
+const MAX_IN_FLIGHT: usize = 1 << 20;
+
+/// The event, through JSON text and back, exactly as the Lambda runtime would hand it over.
+fn as_lambda_event(event: &Value) -> Option<ApiGatewayWebsocketProxyRequest> {
+    let text = serde_json::to_string(event).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(event) => Some(event),
+        Err(err) => {
+            tracing::error!(%err, "the emulator built an event the handlers cannot read");
+            None
+        }
+    }
+}
+
+/// API Gateway's connection ids: 16 characters of base64 ending in `=`.
+pub fn new_connection_id() -> String {
+    use base64::Engine;
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    base64::engine::general_purpose::STANDARD.encode(&bytes[..11])
+}
+
+fn request_id() -> String {
+    new_connection_id().replace('=', "A")
+}
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/ws/{session_id}", get(upgrade_in_session))
+        .route(
+            "/@connections/{connection_id}",
+            get(get_connection).post(post_to_connection).delete(delete_connection),
+        )
+        .route(
+            "/{stage}/@connections/{connection_id}",
+            get(get_connection_staged).post(post_to_connection_staged).delete(delete_connection_staged),
+        )
+        .layer(DefaultBodyLimit::max(4 * MAX_MESSAGE_BYTES))
+        .with_state(gateway)
+}
+
+// ---------------------------------------------------------------------------------------
+// The WebSocket side.
+
+async fn upgrade_in_session(
+    state: State<Arc<Gateway>>,
+    Path(session_id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    peer: ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    connect(state, Some(session_id), query, headers, peer, ws).await
+}
+
+async fn upgrade(
+    state: State<Arc<Gateway>>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    peer: ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    connect(state, None, query, headers, peer, ws).await
+}
+
+fn lambda_response(response: ApiGatewayProxyResponse) -> Response {
+    let status = u16::try_from(response.status_code)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = match response.body {
+        Some(Body::Text(text)) => text,
+        _ => String::new(),
+    };
+    let mut out = (status, body).into_response();
+    out.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    out
+}
+
+async fn connect(
+    State(gateway): State<Arc<Gateway>>,
+    session_id: Option<String>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        let body = json!({"error": {"code": "upgrade_required", "message": "this address takes WebSocket connections only"}});
+        return (StatusCode::UPGRADE_REQUIRED, axum::Json(body)).into_response();
+    };
+    let connection_id = new_connection_id();
+    let connected_at = Utc::now();
+    let source_ip = peer.ip().to_string();
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut header_map = serde_json::Map::new();
+    let mut multi_headers = serde_json::Map::new();
+    for (name, value) in &headers {
+        let Ok(value) = value.to_str() else { continue };
+        header_map.insert(name.as_str().to_owned(), json!(value));
+        multi_headers
+            .entry(name.as_str().to_owned())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .map(|list| list.push(json!(value)));
+    }
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let mut event = json!({
+        "headers": header_map,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": if query.is_empty() { Value::Null } else { json!(query) },
+        "multiValueQueryStringParameters": if query.is_empty() { Value::Null } else {
+            json!(query.iter().map(|(k, v)| (k.clone(), json!([v]))).collect::<serde_json::Map<_, _>>())
+        },
+        "requestContext": gateway.request_context(&connection_id, "$connect", "CONNECT", connected_at, &source_ip, &user_agent),
+        "isBase64Encoded": false,
+    });
+    if let Some(session_id) = session_id {
+        event["path"] = json!(format!("/ws/{session_id}"));
+    }
+    let Some(event) = as_lambda_event(&event) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let response = seance::ws::handle_connect(&gateway.app, event).await;
+    if !(200..300).contains(&response.status_code) {
+        // API Gateway refuses the upgrade with the integration's status; no socket opens.
+        return lambda_response(response);
+    }
+    let mut ws = ws
+        .max_message_size(4 * MAX_MESSAGE_BYTES)
+        .max_frame_size(4 * MAX_MESSAGE_BYTES);
+    if let Some(protocol) = response.headers.get("sec-websocket-protocol") {
+        ws.set_selected_protocol(protocol.clone());
+    }
+    let socket_gateway = gateway.clone();
+    ws.on_upgrade(move |socket| {
+        run_socket(socket_gateway, socket, connection_id, connected_at, source_ip, user_agent)
+    })
+}
+
+async fn run_socket(
+    gateway: Arc<Gateway>,
+    socket: WebSocket,
+    connection_id: String,
+    connected_at: DateTime<Utc>,
+    source_ip: String,
+    user_agent: String,
+) {
+    let (outbound, mut outbox) = mpsc::unbounded_channel();
+    let last_active = Arc::new(Mutex::new(Utc::now()));
+    gateway.sockets().insert(
+        connection_id.clone(),
+        Socket {
+            outbound,
+            connected_at,
+            last_active: last_active.clone(),
+            source_ip: source_ip.clone(),
+            user_agent: user_agent.clone(),
+        },
+    );
+    let (mut sink, mut stream) = socket.split();
+    let end_of_life = Instant::now() + gateway.max_lifetime;
+    let mut idle_deadline = Instant::now() + gateway.idle_timeout;
+    // Closed by the client: its code, or 1005 when it gave none; 1006 when the TCP
+    // connection just dropped. Closed here: the code we sent.
+    let (code, reason): (u16, String) = loop {
+        let deadline = idle_deadline.min(end_of_life);
+        tokio::select! {
+            frame = stream.next() => match frame {
+                None | Some(Err(_)) => break (1006, "Connection closed abnormally".into()),
+                Some(Ok(Message::Text(text))) => {
+                    if text.len() > MAX_MESSAGE_BYTES {
+                        let _ = sink.send(close(1009, "Message too big")).await;
+                        break (1009, "Message too big".into());
+                    }
+                    idle_deadline = Instant::now() + gateway.idle_timeout;
+                    if let Ok(mut at) = last_active.lock() {
+                        *at = Utc::now();
+                    }
+                    let gateway = gateway.clone();
+                    let connection_id = connection_id.clone();
+                    let (source_ip, user_agent) = (source_ip.clone(), user_agent.clone());
+                    // API Gateway invokes the integration per message, concurrently.
+                    tokio::spawn(async move {
+                        route_message(&gateway, &connection_id, text.as_str(), connected_at, &source_ip, &user_agent).await;
+                    });
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = sink.send(close(1003, "Binary data is not supported")).await;
+                    break (1003, "Binary data is not supported".into());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    break match frame {
+                        Some(frame) => (frame.code, frame.reason.as_str().to_owned()),
+                        None => (1005, "Client-side close frame status not set".into()),
+                    };
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            },
+            out = outbox.recv() => match out {
+                Some(Outbound::Text(text)) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break (1006, "Connection closed abnormally".into());
+                    }
+                }
+                Some(Outbound::Close) | None => {
+                    let _ = sink.send(close(1000, "Connection closed by the server")).await;
+                    break (1000, "Connection closed by the server".into());
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                let reason = if deadline == end_of_life { "Connection reached its maximum lifetime" } else { "Connection idle" };
+                let _ = sink.send(close(1001, reason)).await;
+                break (1001, reason.into());
+            }
+        }
+    };
+    let _ = sink.close().await;
+    gateway.sockets().remove(&connection_id);
+    let _permit = gateway.in_flight.acquire().await;
+    let mut context = gateway.request_context(&connection_id, "$disconnect", "DISCONNECT", connected_at, &source_ip, &user_agent);
+    context["disconnectStatusCode"] = json!(code);
+    context["disconnectReason"] = json!(reason);
+    let event = json!({
+        "headers": {"Host": gateway.domain_name, "x-api-key": "", "X-Forwarded-For": "", "x-restapi": ""},
+        "multiValueHeaders": {"Host": [gateway.domain_name]},
+        "requestContext": context,
+        "isBase64Encoded": false,
+    });
+    if let Some(event) = as_lambda_event(&event) {
+        seance::ws::handle_disconnect(&gateway.app, event).await;
+    }
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// `$request.body.type` picks the route; anything else goes to `$default`.
+pub fn route_key(body: &str) -> &'static str {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|t| ROUTES.iter().find(|r| **r == t).copied())
+        .unwrap_or("$default")
+}
+
+async fn route_message(gateway: &Gateway, connection_id: &str, body: &str, connected_at: DateTime<Utc>, source_ip: &str, user_agent: &str) {
+    let mut context = gateway.request_context(connection_id, route_key(body), "MESSAGE", connected_at, source_ip, user_agent);
+    context["messageId"] = json!(request_id());
+    let event = json!({"requestContext": context, "body": body, "isBase64Encoded": false});
+    if let Some(event) = as_lambda_event(&event) {
+        seance::ws::handle_message(&gateway.app, event).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Management API.
+
+fn gone() -> Response {
+    let mut response = (StatusCode::GONE, axum::Json(json!({"message": null}))).into_response();
+    response.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static("GoneException"));
+    response
+}
+
+async fn post_to_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id): Path<String>, body: Bytes) -> Response {
+    if body.len() > MAX_MESSAGE_BYTES {
+        let mut response = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"message": "Request entity too large"}))).into_response();
+        response.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static("PayloadTooLargeException"));
+        return response;
+    }
+    let sockets = gateway.sockets();
+    let Some(socket) = sockets.get(&connection_id) else {
+        return gone();
+    };
+    match socket.outbound.send(Outbound::Text(String::from_utf8_lossy(&body).into_owned())) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(_) => gone(),
+    }
+}
+
+async fn get_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id): Path<String>) -> Response {
+    let sockets = gateway.sockets();
+    let Some(socket) = sockets.get(&connection_id) else {
+        return gone();
+    };
+    let last_active = socket.last_active.lock().map(|t| *t).unwrap_or(socket.connected_at);
+    axum::Json(json!({
+        "ConnectedAt": socket.connected_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "Identity": {"SourceIp": socket.source_ip, "UserAgent": socket.user_agent},
+        "LastActiveAt": last_active.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }))
+    .into_response()
+}
+
+async fn delete_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id): Path<String>) -> Response {
+    let sockets = gateway.sockets();
+    let Some(socket) = sockets.get(&connection_id) else {
+        return gone();
+    };
+    let _ = socket.outbound.send(Outbound::Close);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn post_to_connection_staged(state: State<Arc<Gateway>>, Path((_stage, id)): Path<(String, String)>, body: Bytes) -> Response {
+    post_to_connection(state, Path(id), body).await
+}
+
+async fn get_connection_staged(state: State<Arc<Gateway>>, Path((_stage, id)): Path<(String, String)>) -> Response {
+    get_connection(state, Path(id)).await
+}
+
+async fn delete_connection_staged(state: State<Arc<Gateway>>, Path((_stage, id)): Path<(String, String)>) -> Response {
+    delete_connection(state, Path(id)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_look_like_api_gateways() {
+        let id = new_connection_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.ends_with('='));
+        assert_ne!(new_connection_id(), id);
+    }
+
+    #[test]
+    fn routes_follow_the_body_type() {
+        assert_eq!(route_key(r#"{"type":"ping"}"#), "ping");
+        assert_eq!(route_key(r#"{"type":"send_message","content":"x"}"#), "send_message");
+        assert_eq!(route_key(r#"{"type":"dance"}"#), "$default");
+        assert_eq!(route_key("not json"), "$default");
+        assert_eq!(route_key(r#"{"type":5}"#), "$default");
+    }
+}

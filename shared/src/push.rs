@@ -1,0 +1,274 @@
+//! Pushing events to clients: the API Gateway Management API (`@connections`) behind one
+//! trait, and the session fan-out built on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_apigatewaymanagement::config::{
+    BehaviorVersion, Credentials, Region, SharedCredentialsProvider, retry::RetryConfig,
+    timeout::TimeoutConfig,
+};
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use crate::connections::{Connection, ConnectionStore, Presence};
+use crate::protocol::{ServerEvent, encode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The connection is gone (410): forget it.
+    #[error("the connection is gone")]
+    Gone,
+    #[error("the payload is too large")]
+    PayloadTooLarge,
+    #[error("push failed: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait Pusher: Send + Sync + 'static {
+    /// `PostToConnection`: sends one text frame.
+    async fn send(&self, endpoint: &str, connection_id: &str, data: &str) -> Result<(), PushError>;
+
+    /// `DeleteConnection`: closes the socket.
+    async fn close(&self, endpoint: &str, connection_id: &str) -> Result<(), PushError>;
+}
+
+/// Where the credentials come from.
+#[derive(Debug, Clone)]
+pub enum AwsCredentials {
+    /// Lambda's environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    Environment,
+    /// Fixed placeholder keys: the harness's own `@connections` endpoint checks none.
+    Static,
+}
+
+/// The production pusher: `aws-sdk-apigatewaymanagement`. One client per endpoint, built
+/// on first use and kept for the life of the container; building one makes no network call.
+pub struct ManagementApi {
+    region: Region,
+    credentials: SharedCredentialsProvider,
+    clients: Mutex<HashMap<String, aws_sdk_apigatewaymanagement::Client>>,
+}
+
+impl std::fmt::Debug for ManagementApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementApi")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+const PUSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const PUSH_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ManagementApi {
+    pub fn new(region: &str, credentials: AwsCredentials) -> Self {
+        let credentials = match credentials {
+            AwsCredentials::Environment => SharedCredentialsProvider::new(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            ),
+            AwsCredentials::Static => SharedCredentialsProvider::new(Credentials::new(
+                "LOCALHARNESS",
+                "local-harness-secret",
+                None,
+                None,
+                "seance-harness",
+            )),
+        };
+        Self {
+            region: Region::new(region.to_owned()),
+            credentials,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, endpoint: &str) -> aws_sdk_apigatewaymanagement::Client {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_apigatewaymanagement::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(self.region.clone())
+                    .credentials_provider(self.credentials.clone())
+                    .endpoint_url(endpoint)
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .connect_timeout(PUSH_CONNECT_TIMEOUT)
+                            .operation_timeout(PUSH_OPERATION_TIMEOUT)
+                            .build(),
+                    )
+                    .retry_config(RetryConfig::standard().with_max_attempts(2))
+                    .build();
+                aws_sdk_apigatewaymanagement::Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Pusher for ManagementApi {
+    async fn send(&self, endpoint: &str, connection_id: &str, data: &str) -> Result<(), PushError> {
+        self.client(endpoint)
+            .post_to_connection()
+            .connection_id(connection_id)
+            .data(Blob::new(data.as_bytes()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| match err.as_service_error() {
+                Some(e) if e.is_gone_exception() => PushError::Gone,
+                Some(e) if e.is_payload_too_large_exception() => PushError::PayloadTooLarge,
+                _ => PushError::Other(aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string()),
+            })
+    }
+
+    async fn close(&self, endpoint: &str, connection_id: &str) -> Result<(), PushError> {
+        self.client(endpoint)
+            .delete_connection()
+            .connection_id(connection_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| match err.as_service_error() {
+                Some(e) if e.is_gone_exception() => PushError::Gone,
+                _ => PushError::Other(aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string()),
+            })
+    }
+}
+
+/// Who in a session gets an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    Everyone,
+    /// Everyone but one connection (the one opening: it cannot be pushed to yet).
+    AllButConnection(String),
+    /// Everyone but one participant's connections (their own typing).
+    AllButParticipant(Uuid),
+}
+
+impl Audience {
+    fn includes(&self, connection: &Connection) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::AllButConnection(id) => connection.connection_id != *id,
+            Self::AllButParticipant(id) => connection.participant.id != *id,
+        }
+    }
+}
+
+/// How many pushes of one fan-out are in flight at once.
+pub const FANOUT_CONCURRENCY: usize = 64;
+
+/// What a fan-out did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FanoutReport {
+    pub delivered: usize,
+    pub gone: usize,
+    pub failed: usize,
+}
+
+/// Pushes to everything that can reach a session's connections.
+#[derive(Clone)]
+pub struct Broadcaster {
+    pub connections: Arc<dyn ConnectionStore>,
+    pub pusher: Arc<dyn Pusher>,
+}
+
+impl Broadcaster {
+    /// Sends one event to one connection; a 410 forgets the connection (and announces
+    /// `user_left` if it was its participant's last).
+    pub async fn send_to(&self, endpoint: &str, connection: &Connection, event: &ServerEvent) -> FanoutReport {
+        self.fan_out(endpoint, connection.session_id, vec![(event.clone(), Target::One(connection.connection_id.clone()))])
+            .await
+    }
+
+    /// Sends `event` to the session's connections in `audience`, concurrently (at most
+    /// [`FANOUT_CONCURRENCY`] at a time). A slow or failed connection holds up no one.
+    pub async fn broadcast(
+        &self,
+        endpoint: &str,
+        session_id: Uuid,
+        event: &ServerEvent,
+        audience: Audience,
+    ) -> FanoutReport {
+        self.fan_out(endpoint, session_id, vec![(event.clone(), Target::Audience(audience))])
+            .await
+    }
+
+    /// Works through a queue, because pruning a gone connection can itself produce an
+    /// event (`user_left`) for those still there.
+    async fn fan_out(
+        &self,
+        endpoint: &str,
+        session_id: Uuid,
+        initial: Vec<(ServerEvent, Target)>,
+    ) -> FanoutReport {
+        let mut queue: VecDeque<(ServerEvent, Target)> = initial.into();
+        let mut report = FanoutReport::default();
+        while let Some((event, target)) = queue.pop_front() {
+            let recipients: Vec<Connection> = match &target {
+                Target::One(id) => match self.connections.get(id).await {
+                    Ok(found) => found.into_iter().collect(),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot look up a connection");
+                        report.failed += 1;
+                        continue;
+                    }
+                },
+                Target::Audience(audience) => match self.connections.in_session(session_id).await {
+                    Ok(all) => all.into_iter().filter(|c| audience.includes(c)).collect(),
+                    Err(err) => {
+                        tracing::warn!(%err, %session_id, "cannot list the session's connections");
+                        report.failed += 1;
+                        continue;
+                    }
+                },
+            };
+            let text = encode(session_id, &event);
+            let text = text.as_str();
+            let results: Vec<(Connection, Result<(), PushError>)> = futures_util::stream::iter(recipients)
+                .map(|connection| async move {
+                    let result = self.pusher.send(endpoint, &connection.connection_id, text).await;
+                    (connection, result)
+                })
+                .buffer_unordered(FANOUT_CONCURRENCY)
+                .collect()
+                .await;
+            for (connection, result) in results {
+                match result {
+                    Ok(()) => report.delivered += 1,
+                    Err(PushError::Gone) => {
+                        report.gone += 1;
+                        tracing::info!(connection_id = %connection.connection_id, "connection gone; forgetting it");
+                        match self.connections.remove(&connection.connection_id).await {
+                            Ok(Some((gone, Presence::Changed))) => queue.push_back((
+                                ServerEvent::UserLeft { participant: gone.participant },
+                                Target::Audience(Audience::Everyone),
+                            )),
+                            Ok(_) => {}
+                            Err(err) => tracing::warn!(%err, "cannot forget a gone connection"),
+                        }
+                    }
+                    Err(err) => {
+                        report.failed += 1;
+                        tracing::warn!(connection_id = %connection.connection_id, %err, "push failed");
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+enum Target {
+    One(String),
+    Audience(Audience),
+}

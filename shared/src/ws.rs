@@ -1,0 +1,390 @@
+//! The WebSocket routes as plain async functions over API Gateway's event types:
+//! `$connect`, every message route, and `$disconnect`. The `ws-*` Lambdas call them, and
+//! so does the harness, with the events it builds the way API Gateway would.
+
+use std::collections::HashSet;
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::encodings::Body;
+use chrono::{DateTime, TimeZone, Utc};
+use futures_util::StreamExt;
+use http::HeaderValue;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::connections::{Connection, Presence};
+use crate::domain::{MessageContent, MessageKind, Participant, SessionStatus};
+use crate::protocol::{ClientFrame, ErrorCode, FrameError, ServerEvent, SpiritState, parse_frame};
+use crate::push::{Audience, FANOUT_CONCURRENCY};
+use crate::ratelimit::Decision;
+use crate::store::{NewMessage, StoreError};
+
+/// How many messages `session_state` carries without `after`, and at most with it.
+pub const STATE_MESSAGES: u32 = 20;
+pub const SYNC_PAGE: u32 = 100;
+
+/// The subprotocol a browser offers beside its token: `new WebSocket(url, ["seance", jwt])`.
+pub const SUBPROTOCOL: &str = "seance";
+
+fn response(status: i64, body: Option<String>) -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = status;
+    response.body = body.map(Body::Text);
+    response
+}
+
+fn refuse(status: i64, reason: &str) -> ApiGatewayProxyResponse {
+    tracing::info!(status, reason, "connection refused");
+    let body = serde_json::json!({"error": {"code": if status == 401 { "unauthorized" } else { "forbidden" }, "message": reason}});
+    response(status, Some(body.to_string()))
+}
+
+/// Where to reach this event's `@connections` API.
+fn endpoint(app: &App, event: &ApiGatewayWebsocketProxyRequest) -> String {
+    let ctx = &event.request_context;
+    app.push_endpoint(ctx.domain_name.as_deref(), ctx.stage.as_deref())
+}
+
+/// The token from `?token=`, or from `Sec-WebSocket-Protocol` for browsers; with the
+/// protocol to echo back when the header was used.
+fn token_of(event: &ApiGatewayWebsocketProxyRequest) -> (Option<String>, Option<String>) {
+    if let Some(token) = event.query_string_parameters.first("token") {
+        return (Some(token.to_owned()), None);
+    }
+    let offered: Vec<String> = event
+        .headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    // A JWT has three dot-separated parts; "seance" (or any other name) does not.
+    let token = offered.iter().find(|p| p.split('.').count() == 3).cloned();
+    let echo = offered
+        .iter()
+        .find(|p| Some(*p) != token.as_ref())
+        .or(token.as_ref())
+        .cloned();
+    match token {
+        Some(token) => (Some(token), echo),
+        None => (None, None),
+    }
+}
+
+/// The harness's `/ws/{session_id}` puts the path in `path`; API Gateway has none.
+fn path_session(event: &ApiGatewayWebsocketProxyRequest) -> Option<Option<Uuid>> {
+    let path = event.path.as_deref()?;
+    let rest = path.strip_prefix("/ws/")?;
+    Some(Uuid::parse_str(rest.trim_end_matches('/')).ok())
+}
+
+fn connected_at(event: &ApiGatewayWebsocketProxyRequest) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(event.request_context.connected_at)
+        .single()
+        .filter(|t| t.timestamp() > 0)
+        .unwrap_or_else(Utc::now)
+}
+
+/// `$connect`: checks the token and the session, records the connection, tells the others.
+/// A refusal (401/403) records nothing.
+pub async fn handle_connect(app: &App, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+    let Some(connection_id) = event.request_context.connection_id.clone() else {
+        return response(400, None);
+    };
+    let (token, protocol) = token_of(&event);
+    let Some(token) = token else {
+        return refuse(401, "a token is required: ?token=<jwt>");
+    };
+    let claims = match app.tokens.verify(&token) {
+        Ok(claims) => claims,
+        Err(err) => return refuse(401, &err.to_string()),
+    };
+    if let Some(path_sid) = path_session(&event)
+        && path_sid != Some(claims.sid)
+    {
+        return refuse(403, "the token is for another session");
+    }
+    match app.store.session(claims.sid).await {
+        Ok(session) if session.status == SessionStatus::Active => {}
+        Ok(_) => return refuse(403, "the session has ended"),
+        Err(StoreError::SessionNotFound) => return refuse(403, "the session does not exist"),
+        Err(err) => {
+            tracing::warn!(%err, "connect: database unavailable");
+            return response(503, None);
+        }
+    }
+    let participant = match app.store.participant(claims.sid, claims.sub).await {
+        Ok(Some(participant)) => participant,
+        Ok(None) => return refuse(403, "the token's participant is not in the session"),
+        Err(err) => {
+            tracing::warn!(%err, "connect: database unavailable");
+            return response(503, None);
+        }
+    };
+    let connection = Connection {
+        connection_id: connection_id.clone(),
+        session_id: claims.sid,
+        participant: participant.clone(),
+        connected_at: connected_at(&event),
+    };
+    let presence = match app.connections.add(&connection).await {
+        Ok(presence) => presence,
+        Err(err) => {
+            tracing::warn!(%err, "connect: connection store unavailable");
+            return response(503, None);
+        }
+    };
+    // The host may have ended the session while this connection was being recorded; the end
+    // route closes only the connections it saw, so look again.
+    if let Ok(session) = app.store.session(claims.sid).await
+        && session.status == SessionStatus::Ended
+    {
+        let _ = app.connections.remove(&connection_id).await;
+        return refuse(403, "the session has ended");
+    }
+    tracing::info!(%connection_id, session_id = %claims.sid, seat = participant.seat, "connected");
+    if presence == Presence::Changed {
+        app.broadcaster()
+            .broadcast(
+                &endpoint(app, &event),
+                claims.sid,
+                &ServerEvent::UserJoined { participant },
+                Audience::AllButConnection(connection_id),
+            )
+            .await;
+    }
+    let mut ok = response(200, None);
+    if let Some(protocol) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        ok.headers.insert("sec-websocket-protocol", protocol);
+    }
+    ok
+}
+
+/// `$disconnect`: forgets the connection; `user_left` when it was the participant's last.
+pub async fn handle_disconnect(app: &App, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+    let Some(connection_id) = event.request_context.connection_id.as_deref() else {
+        return response(200, None);
+    };
+    match app.connections.remove(connection_id).await {
+        Ok(Some((gone, presence))) => {
+            tracing::info!(
+                %connection_id,
+                session_id = %gone.session_id,
+                code = event.request_context.disconnect_status_code,
+                "disconnected"
+            );
+            if presence == Presence::Changed {
+                app.broadcaster()
+                    .broadcast(
+                        &endpoint(app, &event),
+                        gone.session_id,
+                        &ServerEvent::UserLeft { participant: gone.participant },
+                        Audience::Everyone,
+                    )
+                    .await;
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, %connection_id, "disconnect: connection store unavailable"),
+    }
+    response(200, None)
+}
+
+/// Every message route (`send_message`, `sync`, `typing`, `ping`, `$default`). Answers go
+/// out through `@connections`; the integration response itself is empty.
+pub async fn handle_message(app: &App, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+    let Some(connection_id) = event.request_context.connection_id.clone() else {
+        return response(200, None);
+    };
+    let endpoint = endpoint(app, &event);
+    let connection = match app.connections.get(&connection_id).await {
+        Ok(Some(connection)) => connection,
+        Ok(None) => {
+            // Expired or never recorded: the client must reconnect (and authenticate) again.
+            tracing::info!(%connection_id, "message from an unknown connection; closing it");
+            let _ = app.pusher.close(&endpoint, &connection_id).await;
+            return response(200, None);
+        }
+        Err(err) => {
+            tracing::warn!(%err, "message: connection store unavailable");
+            return response(503, None);
+        }
+    };
+    let text = match (&event.body, event.is_base64_encoded) {
+        (Some(body), false) => body.as_str(),
+        _ => "",
+    };
+    let outcome = match parse_frame(text, app.config.max_frame_bytes) {
+        Ok(frame) => answer(app, &endpoint, &connection, frame).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = outcome {
+        tracing::info!(%connection_id, code = ?err.code, "frame refused");
+        app.broadcaster().send_to(&endpoint, &connection, &err.event()).await;
+    }
+    response(200, None)
+}
+
+fn internal(request_type: &str) -> FrameError {
+    FrameError::new(
+        ErrorCode::Internal,
+        "the séance could not do that just now; try again",
+        Some(request_type),
+    )
+}
+
+fn store_error(err: StoreError, request_type: &str) -> FrameError {
+    match err {
+        StoreError::SessionEnded => FrameError::new(ErrorCode::SessionEnded, "the session has ended", Some(request_type)),
+        StoreError::UnknownMessage => FrameError::new(
+            ErrorCode::InvalidMessage,
+            "after is not a message of this session",
+            Some(request_type),
+        ),
+        other => {
+            tracing::warn!(err = %other, "store error while answering a frame");
+            internal(request_type)
+        }
+    }
+}
+
+async fn answer(app: &App, endpoint: &str, connection: &Connection, frame: ClientFrame) -> Result<(), FrameError> {
+    let kind = frame.type_name();
+    let session_id = connection.session_id;
+    let broadcaster = app.broadcaster();
+    match frame {
+        ClientFrame::Ping => {
+            broadcaster.send_to(endpoint, connection, &ServerEvent::Pong {}).await;
+        }
+        ClientFrame::Sync { after } => {
+            let state = session_state(app, session_id, after).await.map_err(|e| store_error(e, kind))?;
+            broadcaster.send_to(endpoint, connection, &state).await;
+        }
+        ClientFrame::Typing => {
+            let key = format!("typing:{session_id}:{}", connection.participant.id);
+            match app.limiter.acquire(&key, app.config.typing_limit()).await {
+                Ok(Decision::Allowed) => {
+                    broadcaster
+                        .broadcast(
+                            endpoint,
+                            session_id,
+                            &ServerEvent::UserTyping { participant: connection.participant.clone() },
+                            Audience::AllButParticipant(connection.participant.id),
+                        )
+                        .await;
+                }
+                // Throttled typing is dropped quietly: it is a hint, not a request.
+                Ok(Decision::RetryAfter(_)) => {}
+                Err(err) => tracing::warn!(%err, "typing: rate limiter unavailable"),
+            }
+        }
+        ClientFrame::SendMessage { content } => {
+            let content = MessageContent::parse(&content, app.config.max_content_chars).map_err(|err| {
+                FrameError::new(ErrorCode::InvalidMessage, err.message, Some(kind))
+            })?;
+            let key = format!("message:{session_id}:{}", connection.participant.id);
+            match app.limiter.acquire(&key, app.config.message_limit()).await {
+                Ok(Decision::Allowed) => {}
+                Ok(Decision::RetryAfter(wait)) => {
+                    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                    return Err(FrameError {
+                        retry_after_ms: Some(retry_after_ms),
+                        ..FrameError::new(
+                            ErrorCode::RateLimited,
+                            format!("too many questions; wait {retry_after_ms} ms"),
+                            Some(kind),
+                        )
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "send_message: rate limiter unavailable");
+                    return Err(internal(kind));
+                }
+            }
+            let message = app
+                .store
+                .add_message(NewMessage {
+                    session_id,
+                    kind: MessageKind::Question,
+                    author: Some(connection.participant.clone()),
+                    content: content.into_inner(),
+                    in_reply_to: None,
+                })
+                .await
+                .map_err(|e| store_error(e, kind))?;
+            broadcaster
+                .broadcast(endpoint, session_id, &ServerEvent::MessageReceived { message }, Audience::Everyone)
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// `session_state`: the session, who is online (each once, by seat), recent messages (or
+/// those after `after`), the spirit's state and the board.
+pub async fn session_state(app: &App, session_id: Uuid, after: Option<Uuid>) -> Result<ServerEvent, StoreError> {
+    let session = app.store.session(session_id).await?;
+    let (messages, has_more) = match after {
+        None => (app.store.messages_before(session_id, None, STATE_MESSAGES).await?.messages, false),
+        Some(after) => {
+            let page = app.store.messages_after(session_id, after, SYNC_PAGE).await?;
+            (page.messages, page.has_more)
+        }
+    };
+    let participants = online(
+        app.connections
+            .in_session(session_id)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+    );
+    Ok(ServerEvent::SessionState {
+        session,
+        participants,
+        messages,
+        has_more,
+        spirit: SpiritState::Idle,
+        board: (*app.board).clone(),
+    })
+}
+
+/// Each online participant once, in seat order.
+pub fn online(connections: Vec<Connection>) -> Vec<Participant> {
+    let mut seen = HashSet::new();
+    let mut participants: Vec<Participant> = connections
+        .into_iter()
+        .filter(|c| seen.insert(c.participant.id))
+        .map(|c| c.participant)
+        .collect();
+    participants.sort_by_key(|p| p.seat);
+    participants
+}
+
+/// After the host ends a session: `session_ended` to everyone, then every socket closed.
+/// Connections are forgotten before they are closed, so their `$disconnect` announces no
+/// `user_left` after the end.
+pub async fn close_session(app: &App, session_id: Uuid) {
+    let endpoint = app.push_endpoint(None, None);
+    app.broadcaster()
+        .broadcast(&endpoint, session_id, &ServerEvent::SessionEnded {}, Audience::Everyone)
+        .await;
+    let connections = match app.connections.in_session(session_id).await {
+        Ok(connections) => connections,
+        Err(err) => {
+            tracing::warn!(%err, %session_id, "cannot list connections to close");
+            return;
+        }
+    };
+    futures_util::stream::iter(connections)
+        .for_each_concurrent(FANOUT_CONCURRENCY, |connection| {
+            let endpoint = endpoint.clone();
+            async move {
+                let _ = app.connections.remove(&connection.connection_id).await;
+                if let Err(err) = app.pusher.close(&endpoint, &connection.connection_id).await {
+                    tracing::debug!(%err, connection_id = %connection.connection_id, "close after end");
+                }
+            }
+        })
+        .await;
+}
