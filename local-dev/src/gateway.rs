@@ -92,7 +92,15 @@ impl Gateway {
         }
     }
 
-    fn request_context(&self, connection_id: &str, route_key: &str, event_type: &str, connected_at: DateTime<Utc>, source_ip: &str, user_agent: &str) -> Value {
+    fn request_context(
+        &self,
+        connection_id: &str,
+        route_key: &str,
+        event_type: &str,
+        connected_at: DateTime<Utc>,
+        source_ip: &str,
+        user_agent: &str,
+    ) -> Value {
         let now = Utc::now();
         json!({
             "routeKey": route_key,
@@ -143,11 +151,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws/{session_id}", get(upgrade_in_session))
         .route(
             "/@connections/{connection_id}",
-            get(get_connection).post(post_to_connection).delete(delete_connection),
+            get(get_connection)
+                .post(post_to_connection)
+                .delete(delete_connection),
         )
         .route(
             "/{stage}/@connections/{connection_id}",
-            get(get_connection_staged).post(post_to_connection_staged).delete(delete_connection_staged),
+            get(get_connection_staged)
+                .post(post_to_connection_staged)
+                .delete(delete_connection_staged),
         )
         .layer(DefaultBodyLimit::max(4 * MAX_MESSAGE_BYTES))
         .with_state(gateway)
@@ -217,11 +229,13 @@ async fn connect(
     for (name, value) in &headers {
         let Ok(value) = value.to_str() else { continue };
         header_map.insert(name.as_str().to_owned(), json!(value));
-        multi_headers
+        if let Some(list) = multi_headers
             .entry(name.as_str().to_owned())
             .or_insert_with(|| json!([]))
             .as_array_mut()
-            .map(|list| list.push(json!(value)));
+        {
+            list.push(json!(value));
+        }
     }
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let mut event = json!({
@@ -253,7 +267,14 @@ async fn connect(
     }
     let socket_gateway = gateway.clone();
     ws.on_upgrade(move |socket| {
-        run_socket(socket_gateway, socket, connection_id, connected_at, source_ip, user_agent)
+        run_socket(
+            socket_gateway,
+            socket,
+            connection_id,
+            connected_at,
+            source_ip,
+            user_agent,
+        )
     })
 }
 
@@ -337,7 +358,14 @@ async fn run_socket(
     let _ = sink.close().await;
     gateway.sockets().remove(&connection_id);
     let _permit = gateway.in_flight.acquire().await;
-    let mut context = gateway.request_context(&connection_id, "$disconnect", "DISCONNECT", connected_at, &source_ip, &user_agent);
+    let mut context = gateway.request_context(
+        &connection_id,
+        "$disconnect",
+        "DISCONNECT",
+        connected_at,
+        &source_ip,
+        &user_agent,
+    );
     context["disconnectStatusCode"] = json!(code);
     context["disconnectReason"] = json!(reason);
     let event = json!({
@@ -367,8 +395,22 @@ pub fn route_key(body: &str) -> &'static str {
         .unwrap_or("$default")
 }
 
-async fn route_message(gateway: &Gateway, connection_id: &str, body: &str, connected_at: DateTime<Utc>, source_ip: &str, user_agent: &str) {
-    let mut context = gateway.request_context(connection_id, route_key(body), "MESSAGE", connected_at, source_ip, user_agent);
+async fn route_message(
+    gateway: &Gateway,
+    connection_id: &str,
+    body: &str,
+    connected_at: DateTime<Utc>,
+    source_ip: &str,
+    user_agent: &str,
+) {
+    let mut context = gateway.request_context(
+        connection_id,
+        route_key(body),
+        "MESSAGE",
+        connected_at,
+        source_ip,
+        user_agent,
+    );
     context["messageId"] = json!(request_id());
     let event = json!({"requestContext": context, "body": body, "isBase64Encoded": false});
     if let Some(event) = as_lambda_event(&event) {
@@ -381,32 +423,56 @@ async fn route_message(gateway: &Gateway, connection_id: &str, body: &str, conne
 
 fn gone() -> Response {
     let mut response = (StatusCode::GONE, axum::Json(json!({"message": null}))).into_response();
-    response.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static("GoneException"));
+    response.headers_mut().insert(
+        "x-amzn-ErrorType",
+        HeaderValue::from_static("GoneException"),
+    );
     response
 }
 
-async fn post_to_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id): Path<String>, body: Bytes) -> Response {
+async fn post_to_connection(
+    State(gateway): State<Arc<Gateway>>,
+    Path(connection_id): Path<String>,
+    body: Bytes,
+) -> Response {
     if body.len() > MAX_MESSAGE_BYTES {
-        let mut response = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"message": "Request entity too large"}))).into_response();
-        response.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static("PayloadTooLargeException"));
+        let mut response = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(json!({"message": "Request entity too large"})),
+        )
+            .into_response();
+        response.headers_mut().insert(
+            "x-amzn-ErrorType",
+            HeaderValue::from_static("PayloadTooLargeException"),
+        );
         return response;
     }
     let sockets = gateway.sockets();
     let Some(socket) = sockets.get(&connection_id) else {
         return gone();
     };
-    match socket.outbound.send(Outbound::Text(String::from_utf8_lossy(&body).into_owned())) {
+    match socket
+        .outbound
+        .send(Outbound::Text(String::from_utf8_lossy(&body).into_owned()))
+    {
         Ok(()) => StatusCode::OK.into_response(),
         Err(_) => gone(),
     }
 }
 
-async fn get_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id): Path<String>) -> Response {
+async fn get_connection(
+    State(gateway): State<Arc<Gateway>>,
+    Path(connection_id): Path<String>,
+) -> Response {
     let sockets = gateway.sockets();
     let Some(socket) = sockets.get(&connection_id) else {
         return gone();
     };
-    let last_active = socket.last_active.lock().map(|t| *t).unwrap_or(socket.connected_at);
+    let last_active = socket
+        .last_active
+        .lock()
+        .map(|t| *t)
+        .unwrap_or(socket.connected_at);
     axum::Json(json!({
         "ConnectedAt": socket.connected_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "Identity": {"SourceIp": socket.source_ip, "UserAgent": socket.user_agent},
@@ -415,7 +481,10 @@ async fn get_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id)
     .into_response()
 }
 
-async fn delete_connection(State(gateway): State<Arc<Gateway>>, Path(connection_id): Path<String>) -> Response {
+async fn delete_connection(
+    State(gateway): State<Arc<Gateway>>,
+    Path(connection_id): Path<String>,
+) -> Response {
     let sockets = gateway.sockets();
     let Some(socket) = sockets.get(&connection_id) else {
         return gone();
@@ -424,15 +493,25 @@ async fn delete_connection(State(gateway): State<Arc<Gateway>>, Path(connection_
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn post_to_connection_staged(state: State<Arc<Gateway>>, Path((_stage, id)): Path<(String, String)>, body: Bytes) -> Response {
+async fn post_to_connection_staged(
+    state: State<Arc<Gateway>>,
+    Path((_stage, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     post_to_connection(state, Path(id), body).await
 }
 
-async fn get_connection_staged(state: State<Arc<Gateway>>, Path((_stage, id)): Path<(String, String)>) -> Response {
+async fn get_connection_staged(
+    state: State<Arc<Gateway>>,
+    Path((_stage, id)): Path<(String, String)>,
+) -> Response {
     get_connection(state, Path(id)).await
 }
 
-async fn delete_connection_staged(state: State<Arc<Gateway>>, Path((_stage, id)): Path<(String, String)>) -> Response {
+async fn delete_connection_staged(
+    state: State<Arc<Gateway>>,
+    Path((_stage, id)): Path<(String, String)>,
+) -> Response {
     delete_connection(state, Path(id)).await
 }
 
@@ -451,7 +530,10 @@ mod tests {
     #[test]
     fn routes_follow_the_body_type() {
         assert_eq!(route_key(r#"{"type":"ping"}"#), "ping");
-        assert_eq!(route_key(r#"{"type":"send_message","content":"x"}"#), "send_message");
+        assert_eq!(
+            route_key(r#"{"type":"send_message","content":"x"}"#),
+            "send_message"
+        );
         assert_eq!(route_key(r#"{"type":"dance"}"#), "$default");
         assert_eq!(route_key("not json"), "$default");
         assert_eq!(route_key(r#"{"type":5}"#), "$default");

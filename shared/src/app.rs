@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use crate::auth::TokenKeys;
 use crate::board::Board;
-use crate::connections::{ConnectionStore, InProcessConnections, RedisConnections};
-use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
-use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::config::{Config, ConfigError};
+use crate::connections::{ConnectionStore, InProcessConnections, RedisConnections};
 use crate::health::{Redis, RedisUnavailable};
 use crate::personas::Personas;
+use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
+use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::store::{Database, DynStore, StoreError};
 
 #[derive(Clone)]
@@ -65,10 +65,18 @@ impl App {
         let database = Database::connect_lazy(&config)?;
         let redis = config.redis_url.as_ref().map(Redis::new).transpose()?;
         let tokens = TokenKeys::new(&config.jwt_secret, config.jwt_ttl);
-        let (connections, limiter): (Arc<dyn ConnectionStore>, Arc<dyn RateLimiter>) = match &redis {
+        let (connections, limiter): (Arc<dyn ConnectionStore>, Arc<dyn RateLimiter>) = match &redis
+        {
             Some(redis) => (
-                Arc::new(RedisConnections::new(redis.clone(), &config.redis_key_prefix, config.connection_ttl)),
-                Arc::new(RedisRateLimiter::new(redis.clone(), &config.redis_key_prefix)),
+                Arc::new(RedisConnections::new(
+                    redis.clone(),
+                    &config.redis_key_prefix,
+                    config.connection_ttl,
+                )),
+                Arc::new(RedisRateLimiter::new(
+                    redis.clone(),
+                    &config.redis_key_prefix,
+                )),
             ),
             None => (
                 Arc::new(InProcessConnections::new(config.connection_ttl)),

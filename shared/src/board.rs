@@ -47,7 +47,11 @@ impl Board {
         arc("ABCDEFGHIJKLM", 0.40, &mut put);
         arc("NOPQRSTUVWXYZ", 0.56, &mut put);
         for (i, digit) in "1234567890".chars().enumerate() {
-            put(&digit.to_string(), 0.2 + 0.6 * (i as f64 + 0.5) / 10.0, 0.72);
+            put(
+                &digit.to_string(),
+                0.2 + 0.6 * (i as f64 + 0.5) / 10.0,
+                0.72,
+            );
         }
         put("GOODBYE", 0.5, 0.88);
         put("REST", 0.5, 0.62);
@@ -77,8 +81,13 @@ mod tests {
         expected.extend(('0'..='9').map(String::from));
         assert_eq!(board.symbols.len(), expected.len());
         for symbol in &expected {
-            let (x, y) = board.position(symbol).unwrap_or_else(|| panic!("{symbol} missing"));
-            assert!((0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y), "{symbol}");
+            let (x, y) = board
+                .position(symbol)
+                .unwrap_or_else(|| panic!("{symbol} missing"));
+            assert!(
+                (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y),
+                "{symbol}"
+            );
         }
         // Reading order: A left of M, and the A–M arc above the N–Z arc.
         assert!(board.position("A").unwrap().0 < board.position("M").unwrap().0);

@@ -289,7 +289,9 @@ impl Config {
         let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match get(var) {
                 None => Ok(default),
-                Some(raw) => parse_duration(&raw).map_err(|reason| ConfigError::Invalid { var, reason }),
+                Some(raw) => {
+                    parse_duration(&raw).map_err(|reason| ConfigError::Invalid { var, reason })
+                }
             }
         };
 

@@ -113,7 +113,11 @@ impl ConnectionStore for InProcessConnections {
                 && c.connection_id != connection.connection_id
         });
         map.insert(connection.connection_id.clone(), connection.clone());
-        Ok(if others { Presence::Unchanged } else { Presence::Changed })
+        Ok(if others {
+            Presence::Unchanged
+        } else {
+            Presence::Changed
+        })
     }
 
     async fn remove(
@@ -128,7 +132,11 @@ impl ConnectionStore for InProcessConnections {
         let others = map.values().any(|c| {
             c.session_id == removed.session_id && c.participant.id == removed.participant.id
         });
-        let presence = if others { Presence::Unchanged } else { Presence::Changed };
+        let presence = if others {
+            Presence::Unchanged
+        } else {
+            Presence::Changed
+        };
         Ok(Some((removed, presence)))
     }
 
@@ -148,7 +156,7 @@ impl ConnectionStore for InProcessConnections {
             .filter(|c| c.session_id == session_id)
             .cloned()
             .collect();
-        found.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
+        found.sort_by_key(|c| c.connected_at);
         Ok(found)
     }
 
@@ -285,7 +293,11 @@ impl ConnectionStore for RedisConnections {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
-        Ok(if others == 0 { Presence::Changed } else { Presence::Unchanged })
+        Ok(if others == 0 {
+            Presence::Changed
+        } else {
+            Presence::Unchanged
+        })
     }
 
     async fn remove(
@@ -313,7 +325,11 @@ impl ConnectionStore for RedisConnections {
             None => Ok(None),
             Some((stored, others)) => Ok(Some((
                 decode(&stored)?,
-                if others == 0 { Presence::Changed } else { Presence::Unchanged },
+                if others == 0 {
+                    Presence::Changed
+                } else {
+                    Presence::Unchanged
+                },
             ))),
         }
     }
@@ -350,7 +366,7 @@ impl ConnectionStore for RedisConnections {
             .map(|s| decode(s))
             .collect::<Result<Vec<_>, _>>()?;
         found.retain(|c| !expired(c, self.ttl, now));
-        found.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
+        found.sort_by_key(|c| c.connected_at);
         Ok(found)
     }
 

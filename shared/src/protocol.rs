@@ -75,7 +75,10 @@ pub fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, FrameErr
     if text.len() > max_bytes {
         return Err(FrameError::new(
             ErrorCode::InvalidMessage,
-            format!("the frame is {} bytes; the limit is {max_bytes}", text.len()),
+            format!(
+                "the frame is {} bytes; the limit is {max_bytes}",
+                text.len()
+            ),
             None,
         ));
     }
@@ -101,9 +104,9 @@ pub fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, FrameErr
         "sync" => {
             let after = match object.get("after") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(raw)) => Some(
-                    Uuid::parse_str(raw).map_err(|_| invalid("after must be a message id"))?,
-                ),
+                Some(Value::String(raw)) => {
+                    Some(Uuid::parse_str(raw).map_err(|_| invalid("after must be a message id"))?)
+                }
                 Some(_) => return Err(invalid("after must be a message id")),
             };
             Ok(ClientFrame::Sync { after })
@@ -205,8 +208,14 @@ mod tests {
     #[test]
     fn frames_parse() {
         let id = Uuid::new_v4();
-        assert_eq!(parse_frame(r#"{"type":"ping"}"#, 100), Ok(ClientFrame::Ping));
-        assert_eq!(parse_frame(r#"{"type":"typing"}"#, 100), Ok(ClientFrame::Typing));
+        assert_eq!(
+            parse_frame(r#"{"type":"ping"}"#, 100),
+            Ok(ClientFrame::Ping)
+        );
+        assert_eq!(
+            parse_frame(r#"{"type":"typing"}"#, 100),
+            Ok(ClientFrame::Typing)
+        );
         assert_eq!(
             parse_frame(r#"{"type":"sync"}"#, 100),
             Ok(ClientFrame::Sync { after: None })
@@ -217,7 +226,9 @@ mod tests {
         );
         assert_eq!(
             parse_frame(r#"{"type":"send_message","content":"hi"}"#, 100),
-            Ok(ClientFrame::SendMessage { content: "hi".into() })
+            Ok(ClientFrame::SendMessage {
+                content: "hi".into()
+            })
         );
     }
 
@@ -228,13 +239,25 @@ mod tests {
         assert_eq!(code("{}"), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":5}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"send_message"}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"send_message","content":7}"#), ErrorCode::InvalidMessage);
-        assert_eq!(code(r#"{"type":"sync","after":"nope"}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(r#"{"type":"send_message"}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"send_message","content":7}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"sync","after":"nope"}"#),
+            ErrorCode::InvalidMessage
+        );
         let err = parse_frame(r#"{"type":"dance"}"#, 100).unwrap_err();
         assert_eq!(err.request_type.as_deref(), Some("dance"));
         let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(200));
-        assert_eq!(parse_frame(&big, 100).unwrap_err().code, ErrorCode::InvalidMessage);
+        assert_eq!(
+            parse_frame(&big, 100).unwrap_err().code,
+            ErrorCode::InvalidMessage
+        );
     }
 
     #[test]

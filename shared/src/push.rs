@@ -126,7 +126,9 @@ impl Pusher for ManagementApi {
             .map_err(|err| match err.as_service_error() {
                 Some(e) if e.is_gone_exception() => PushError::Gone,
                 Some(e) if e.is_payload_too_large_exception() => PushError::PayloadTooLarge,
-                _ => PushError::Other(aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string()),
+                _ => PushError::Other(
+                    aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string(),
+                ),
             })
     }
 
@@ -139,7 +141,9 @@ impl Pusher for ManagementApi {
             .map(|_| ())
             .map_err(|err| match err.as_service_error() {
                 Some(e) if e.is_gone_exception() => PushError::Gone,
-                _ => PushError::Other(aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string()),
+                _ => PushError::Other(
+                    aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string(),
+                ),
             })
     }
 }
@@ -185,9 +189,18 @@ pub struct Broadcaster {
 impl Broadcaster {
     /// Sends one event to one connection; a 410 forgets the connection (and announces
     /// `user_left` if it was its participant's last).
-    pub async fn send_to(&self, endpoint: &str, connection: &Connection, event: &ServerEvent) -> FanoutReport {
-        self.fan_out(endpoint, connection.session_id, vec![(event.clone(), Target::One(connection.connection_id.clone()))])
-            .await
+    pub async fn send_to(
+        &self,
+        endpoint: &str,
+        connection: &Connection,
+        event: &ServerEvent,
+    ) -> FanoutReport {
+        self.fan_out(
+            endpoint,
+            connection.session_id,
+            vec![(event.clone(), Target::One(connection.connection_id.clone()))],
+        )
+        .await
     }
 
     /// Sends `event` to the session's connections in `audience`, concurrently (at most
@@ -199,8 +212,12 @@ impl Broadcaster {
         event: &ServerEvent,
         audience: Audience,
     ) -> FanoutReport {
-        self.fan_out(endpoint, session_id, vec![(event.clone(), Target::Audience(audience))])
-            .await
+        self.fan_out(
+            endpoint,
+            session_id,
+            vec![(event.clone(), Target::Audience(audience))],
+        )
+        .await
     }
 
     /// Works through a queue, because pruning a gone connection can itself produce an
@@ -234,14 +251,18 @@ impl Broadcaster {
             };
             let text = encode(session_id, &event);
             let text = text.as_str();
-            let results: Vec<(Connection, Result<(), PushError>)> = futures_util::stream::iter(recipients)
-                .map(|connection| async move {
-                    let result = self.pusher.send(endpoint, &connection.connection_id, text).await;
-                    (connection, result)
-                })
-                .buffer_unordered(FANOUT_CONCURRENCY)
-                .collect()
-                .await;
+            let results: Vec<(Connection, Result<(), PushError>)> =
+                futures_util::stream::iter(recipients)
+                    .map(|connection| async move {
+                        let result = self
+                            .pusher
+                            .send(endpoint, &connection.connection_id, text)
+                            .await;
+                        (connection, result)
+                    })
+                    .buffer_unordered(FANOUT_CONCURRENCY)
+                    .collect()
+                    .await;
             for (connection, result) in results {
                 match result {
                     Ok(()) => report.delivered += 1,
@@ -250,7 +271,9 @@ impl Broadcaster {
                         tracing::info!(connection_id = %connection.connection_id, "connection gone; forgetting it");
                         match self.connections.remove(&connection.connection_id).await {
                             Ok(Some((gone, Presence::Changed))) => queue.push_back((
-                                ServerEvent::UserLeft { participant: gone.participant },
+                                ServerEvent::UserLeft {
+                                    participant: gone.participant,
+                                },
                                 Target::Audience(Audience::Everyone),
                             )),
                             Ok(_) => {}

@@ -166,12 +166,18 @@ mod tests {
     async fn in_process_limiter_counts_per_key() {
         let limiter = InProcessRateLimiter::default();
         for _ in 0..3 {
-            assert_eq!(limiter.acquire("a", THREE_PER_NINE).await.unwrap(), Decision::Allowed);
+            assert_eq!(
+                limiter.acquire("a", THREE_PER_NINE).await.unwrap(),
+                Decision::Allowed
+            );
         }
         assert!(matches!(
             limiter.acquire("a", THREE_PER_NINE).await.unwrap(),
             Decision::RetryAfter(wait) if wait > Duration::from_millis(2900)
         ));
-        assert_eq!(limiter.acquire("b", THREE_PER_NINE).await.unwrap(), Decision::Allowed);
+        assert_eq!(
+            limiter.acquire("b", THREE_PER_NINE).await.unwrap(),
+            Decision::Allowed
+        );
     }
 }

@@ -89,7 +89,10 @@ fn connected_at(event: &ApiGatewayWebsocketProxyRequest) -> DateTime<Utc> {
 
 /// `$connect`: checks the token and the session, records the connection, tells the others.
 /// A refusal (401/403) records nothing.
-pub async fn handle_connect(app: &App, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+pub async fn handle_connect(
+    app: &App,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
     let Some(connection_id) = event.request_context.connection_id.clone() else {
         return response(400, None);
     };
@@ -163,7 +166,10 @@ pub async fn handle_connect(app: &App, event: ApiGatewayWebsocketProxyRequest) -
 }
 
 /// `$disconnect`: forgets the connection; `user_left` when it was the participant's last.
-pub async fn handle_disconnect(app: &App, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+pub async fn handle_disconnect(
+    app: &App,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
     let Some(connection_id) = event.request_context.connection_id.as_deref() else {
         return response(200, None);
     };
@@ -180,21 +186,28 @@ pub async fn handle_disconnect(app: &App, event: ApiGatewayWebsocketProxyRequest
                     .broadcast(
                         &endpoint(app, &event),
                         gone.session_id,
-                        &ServerEvent::UserLeft { participant: gone.participant },
+                        &ServerEvent::UserLeft {
+                            participant: gone.participant,
+                        },
                         Audience::Everyone,
                     )
                     .await;
             }
         }
         Ok(None) => {}
-        Err(err) => tracing::warn!(%err, %connection_id, "disconnect: connection store unavailable"),
+        Err(err) => {
+            tracing::warn!(%err, %connection_id, "disconnect: connection store unavailable")
+        }
     }
     response(200, None)
 }
 
 /// Every message route (`send_message`, `sync`, `typing`, `ping`, `$default`). Answers go
 /// out through `@connections`; the integration response itself is empty.
-pub async fn handle_message(app: &App, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+pub async fn handle_message(
+    app: &App,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
     let Some(connection_id) = event.request_context.connection_id.clone() else {
         return response(200, None);
     };
@@ -222,7 +235,9 @@ pub async fn handle_message(app: &App, event: ApiGatewayWebsocketProxyRequest) -
     };
     if let Err(err) = outcome {
         tracing::info!(%connection_id, code = ?err.code, "frame refused");
-        app.broadcaster().send_to(&endpoint, &connection, &err.event()).await;
+        app.broadcaster()
+            .send_to(&endpoint, &connection, &err.event())
+            .await;
     }
     response(200, None)
 }
@@ -237,7 +252,11 @@ fn internal(request_type: &str) -> FrameError {
 
 fn store_error(err: StoreError, request_type: &str) -> FrameError {
     match err {
-        StoreError::SessionEnded => FrameError::new(ErrorCode::SessionEnded, "the session has ended", Some(request_type)),
+        StoreError::SessionEnded => FrameError::new(
+            ErrorCode::SessionEnded,
+            "the session has ended",
+            Some(request_type),
+        ),
         StoreError::UnknownMessage => FrameError::new(
             ErrorCode::InvalidMessage,
             "after is not a message of this session",
@@ -250,16 +269,25 @@ fn store_error(err: StoreError, request_type: &str) -> FrameError {
     }
 }
 
-async fn answer(app: &App, endpoint: &str, connection: &Connection, frame: ClientFrame) -> Result<(), FrameError> {
+async fn answer(
+    app: &App,
+    endpoint: &str,
+    connection: &Connection,
+    frame: ClientFrame,
+) -> Result<(), FrameError> {
     let kind = frame.type_name();
     let session_id = connection.session_id;
     let broadcaster = app.broadcaster();
     match frame {
         ClientFrame::Ping => {
-            broadcaster.send_to(endpoint, connection, &ServerEvent::Pong {}).await;
+            broadcaster
+                .send_to(endpoint, connection, &ServerEvent::Pong {})
+                .await;
         }
         ClientFrame::Sync { after } => {
-            let state = session_state(app, session_id, after).await.map_err(|e| store_error(e, kind))?;
+            let state = session_state(app, session_id, after)
+                .await
+                .map_err(|e| store_error(e, kind))?;
             broadcaster.send_to(endpoint, connection, &state).await;
         }
         ClientFrame::Typing => {
@@ -270,7 +298,9 @@ async fn answer(app: &App, endpoint: &str, connection: &Connection, frame: Clien
                         .broadcast(
                             endpoint,
                             session_id,
-                            &ServerEvent::UserTyping { participant: connection.participant.clone() },
+                            &ServerEvent::UserTyping {
+                                participant: connection.participant.clone(),
+                            },
                             Audience::AllButParticipant(connection.participant.id),
                         )
                         .await;
@@ -281,9 +311,10 @@ async fn answer(app: &App, endpoint: &str, connection: &Connection, frame: Clien
             }
         }
         ClientFrame::SendMessage { content } => {
-            let content = MessageContent::parse(&content, app.config.max_content_chars).map_err(|err| {
-                FrameError::new(ErrorCode::InvalidMessage, err.message, Some(kind))
-            })?;
+            let content =
+                MessageContent::parse(&content, app.config.max_content_chars).map_err(|err| {
+                    FrameError::new(ErrorCode::InvalidMessage, err.message, Some(kind))
+                })?;
             let key = format!("message:{session_id}:{}", connection.participant.id);
             match app.limiter.acquire(&key, app.config.message_limit()).await {
                 Ok(Decision::Allowed) => {}
@@ -315,7 +346,12 @@ async fn answer(app: &App, endpoint: &str, connection: &Connection, frame: Clien
                 .await
                 .map_err(|e| store_error(e, kind))?;
             broadcaster
-                .broadcast(endpoint, session_id, &ServerEvent::MessageReceived { message }, Audience::Everyone)
+                .broadcast(
+                    endpoint,
+                    session_id,
+                    &ServerEvent::MessageReceived { message },
+                    Audience::Everyone,
+                )
                 .await;
         }
     }
@@ -324,12 +360,25 @@ async fn answer(app: &App, endpoint: &str, connection: &Connection, frame: Clien
 
 /// `session_state`: the session, who is online (each once, by seat), recent messages (or
 /// those after `after`), the spirit's state and the board.
-pub async fn session_state(app: &App, session_id: Uuid, after: Option<Uuid>) -> Result<ServerEvent, StoreError> {
+pub async fn session_state(
+    app: &App,
+    session_id: Uuid,
+    after: Option<Uuid>,
+) -> Result<ServerEvent, StoreError> {
     let session = app.store.session(session_id).await?;
     let (messages, has_more) = match after {
-        None => (app.store.messages_before(session_id, None, STATE_MESSAGES).await?.messages, false),
+        None => (
+            app.store
+                .messages_before(session_id, None, STATE_MESSAGES)
+                .await?
+                .messages,
+            false,
+        ),
         Some(after) => {
-            let page = app.store.messages_after(session_id, after, SYNC_PAGE).await?;
+            let page = app
+                .store
+                .messages_after(session_id, after, SYNC_PAGE)
+                .await?;
             (page.messages, page.has_more)
         }
     };
@@ -367,7 +416,12 @@ pub fn online(connections: Vec<Connection>) -> Vec<Participant> {
 pub async fn close_session(app: &App, session_id: Uuid) {
     let endpoint = app.push_endpoint(None, None);
     app.broadcaster()
-        .broadcast(&endpoint, session_id, &ServerEvent::SessionEnded {}, Audience::Everyone)
+        .broadcast(
+            &endpoint,
+            session_id,
+            &ServerEvent::SessionEnded {},
+            Audience::Everyone,
+        )
         .await;
     let connections = match app.connections.in_session(session_id).await {
         Ok(connections) => connections,

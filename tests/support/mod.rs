@@ -1,6 +1,8 @@
 //! Shared test support: fresh databases, the harness on port 0, an HTTP client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod ws;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -91,11 +93,18 @@ pub struct TestApp {
     pub base: String,
 }
 
+/// SQLite with in-process connection stores, or PostgreSQL with Redis: the harness's two
+/// modes.
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    let config = match backend {
+    spawn_app_configured(backend, |_| {}).await
+}
+
+pub async fn spawn_app_configured(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = match backend {
         Backend::Sqlite => test_config("sqlite::memory:", None),
         Backend::Postgres => test_config(&fresh_postgres_url().await, Some(&redis_url())),
     };
+    adjust(&mut config);
     spawn_app_with(config).await
 }
 
@@ -171,6 +180,22 @@ impl TestApp {
         }
         let response = self.post("/api/sessions", body).await;
         assert_eq!(response.status(), 201);
+        response.json().await.expect("json")
+    }
+
+    /// `websocket_url?token=…` for a ticket (a create or join answer).
+    pub fn ws_url(&self, ticket: &Value) -> String {
+        format!(
+            "{}?token={}",
+            ticket["websocket_url"].as_str().expect("websocket_url"),
+            ticket["token"].as_str().expect("token")
+        )
+    }
+
+    /// Joins and returns the whole 200 body.
+    pub async fn join_ticket(&self, session_id: &str, name: &str) -> Value {
+        let response = self.join(session_id, name).await;
+        assert_eq!(response.status(), 200);
         response.json().await.expect("json")
     }
 

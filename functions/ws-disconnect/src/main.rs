@@ -7,9 +7,11 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let app = seance::App::for_lambda();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
-        let app = app.clone();
-        async move { Ok::<_, Error>(seance::ws::handle_disconnect(&app, event.payload).await) }
-    }))
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+            let app = app.clone();
+            async move { Ok::<_, Error>(seance::ws::handle_disconnect(&app, event.payload).await) }
+        },
+    ))
     .await
 }

@@ -1,0 +1,741 @@
+//! The WebSocket protocol end to end: real clients against the harness's API Gateway
+//! emulator, which calls the production handlers and pushes through the real Management
+//! API client. Every test runs twice: in-process stores (SQLite), and Redis (PostgreSQL).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+use seance::auth::{Claims, TokenKeys};
+use seance::config::{JwtSecret, Secret};
+use seance::connections::Connection;
+use seance::domain::{MessageKind, Participant};
+use seance::store::NewMessage;
+use seance_tests::ws::WsClient;
+use seance_tests::{Backend, TEST_JWT_SECRET, TestApp, keys, spawn_app, spawn_app_configured};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use uuid::Uuid;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn test_keys() -> TokenKeys {
+    TokenKeys::new(
+        &JwtSecret::Configured(Secret::new(TEST_JWT_SECRET)),
+        Duration::from_secs(3600),
+    )
+}
+
+/// A session with a connected, synced host.
+struct Room {
+    app: TestApp,
+    ticket: Value,
+    sid: String,
+    host: WsClient,
+}
+
+async fn room(app: TestApp) -> Room {
+    let ticket = app.create_session(None).await;
+    let sid = ticket["session"]["id"].as_str().unwrap().to_owned();
+    let mut host = WsClient::connect(&app.ws_url(&ticket)).await.unwrap();
+    host.sync(None).await;
+    Room {
+        app,
+        ticket,
+        sid,
+        host,
+    }
+}
+
+impl Room {
+    async fn guest(&self, name: &str) -> (Value, WsClient) {
+        let ticket = self.app.join_ticket(&self.sid, name).await;
+        let mut client = WsClient::connect(&self.app.ws_url(&ticket)).await.unwrap();
+        client.sync(None).await;
+        (ticket, client)
+    }
+}
+
+fn names(participants: &Value) -> Vec<String> {
+    participants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["display_name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn sync_answers_with_the_whole_state(backend: Backend) {
+    let Room {
+        app,
+        ticket,
+        sid,
+        mut host,
+    } = room(spawn_app(backend).await).await;
+    host.send_json(json!({"type": "sync"})).await;
+    let state = host.expect("session_state").await;
+    assert_eq!(
+        keys(&state),
+        [
+            "board",
+            "has_more",
+            "messages",
+            "participants",
+            "session",
+            "session_id",
+            "spirit",
+            "timestamp",
+            "type"
+        ]
+    );
+    assert_eq!(state["session_id"], sid);
+    assert!(chrono::DateTime::parse_from_rfc3339(state["timestamp"].as_str().unwrap()).is_ok());
+    assert_eq!(state["session"], ticket["session"]);
+    assert_eq!(state["participants"], json!([ticket["participant"]]));
+    assert_eq!(state["messages"], json!([]));
+    assert_eq!(state["spirit"], "idle");
+    assert_eq!(state["has_more"], false);
+    let symbols: Vec<&str> = state["board"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["symbol"].as_str().unwrap())
+        .collect();
+    for needed in ["YES", "NO", "GOODBYE", "REST", "A", "Z", "0", "9"] {
+        assert!(symbols.contains(&needed), "{needed} missing from the board");
+    }
+    // The connection list in the store matches.
+    let connections = app
+        .harness
+        .app
+        .connections
+        .in_session(sid.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(connections.len(), 1);
+}
+
+async fn ping_gets_pong(backend: Backend) {
+    let Room {
+        app: _app,
+        sid,
+        mut host,
+        ..
+    } = room(spawn_app(backend).await).await;
+    host.send_json(json!({"type": "ping"})).await;
+    let pong = host.expect("pong").await;
+    assert_eq!(pong["session_id"], sid);
+}
+
+async fn refused_handshakes_open_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ticket = app.create_session(None).await;
+    let other = app.create_session(None).await;
+    let base = ticket["websocket_url"].as_str().unwrap().to_owned();
+    let sid = ticket["session"]["id"].as_str().unwrap().to_owned();
+    let token = ticket["token"].as_str().unwrap().to_owned();
+    let claims = test_keys().verify(&token).unwrap();
+    let now = Utc::now().timestamp();
+    let expired = test_keys()
+        .sign(&Claims {
+            iat: now - 7200,
+            exp: now - 3600,
+            ..claims.clone()
+        })
+        .unwrap();
+    let forged = TokenKeys::new(
+        &JwtSecret::Configured(Secret::new("a-different-secret-that-is-long-enough")),
+        Duration::from_secs(60),
+    )
+    .sign(&claims)
+    .unwrap();
+    let other_sid = other["session"]["id"].as_str().unwrap();
+    let cases = [
+        (base.clone(), 401, "missing token"),
+        (format!("{base}?token="), 401, "empty token"),
+        (format!("{base}?token=not.a.jwt"), 401, "malformed"),
+        (format!("{base}?token={expired}"), 401, "expired"),
+        (format!("{base}?token={forged}"), 401, "wrong signature"),
+        (
+            format!("{base}/{other_sid}?token={token}"),
+            403,
+            "another session's path",
+        ),
+        (
+            format!("{base}/not-a-uuid?token={token}"),
+            403,
+            "a path that is no session",
+        ),
+    ];
+    for (url, status, what) in cases {
+        let refused = WsClient::connect(&url)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
+        assert_eq!(refused.status, status, "{what}: {}", refused.body);
+    }
+    // The right path is fine.
+    let ok = WsClient::connect(&format!("{base}/{sid}?token={token}")).await;
+    assert!(ok.is_ok());
+    drop(ok);
+
+    // An ended session refuses with 403.
+    let ended = app.create_session(None).await;
+    let ended_sid = ended["session"]["id"].as_str().unwrap();
+    let response = app
+        .post_with_token(
+            &format!("/api/sessions/{ended_sid}/end"),
+            ended["token"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    let refused = WsClient::connect(&app.ws_url(&ended)).await.err().unwrap();
+    assert_eq!(refused.status, 403);
+
+    // Nothing was recorded for the refused ones.
+    let other_connections = app
+        .harness
+        .app
+        .connections
+        .in_session(other_sid.parse().unwrap())
+        .await
+        .unwrap();
+    assert!(other_connections.is_empty());
+    let ended_connections = app
+        .harness
+        .app
+        .connections
+        .in_session(ended_sid.parse().unwrap())
+        .await
+        .unwrap();
+    assert!(ended_connections.is_empty());
+}
+
+async fn presence_counts_participants_not_tabs(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let (bob_ticket, mut bob_tab1) = room.guest("Bob").await;
+    let joined = room.host.expect("user_joined").await;
+    assert_eq!(joined["participant"], bob_ticket["participant"]);
+    assert_eq!(joined["session_id"], room.sid);
+    // Bob does not hear about himself.
+    bob_tab1.expect_none("user_joined", QUIET).await;
+
+    let mut bob_tab2 = WsClient::connect(&room.app.ws_url(&bob_ticket))
+        .await
+        .unwrap();
+    let state = bob_tab2.sync(None).await;
+    assert_eq!(
+        names(&state["participants"]),
+        ["Ada", "Bob"],
+        "each participant once, by seat"
+    );
+    room.host.expect_none("user_joined", QUIET).await;
+
+    bob_tab1.close().await;
+    room.host.expect_none("user_left", QUIET).await;
+    let state = room.host.sync(None).await;
+    assert_eq!(names(&state["participants"]), ["Ada", "Bob"]);
+
+    bob_tab2.close().await;
+    let left = room.host.expect("user_left").await;
+    assert_eq!(left["participant"], bob_ticket["participant"]);
+    let state = room.host.sync(None).await;
+    assert_eq!(names(&state["participants"]), ["Ada"]);
+}
+
+async fn questions_reach_everyone_and_are_stored(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let (bob_ticket, mut bob) = room.guest("Bob").await;
+    bob.send_json(json!({"type": "send_message", "content": "  Is anyone there?  "}))
+        .await;
+    let mut received = Vec::new();
+    for client in [&mut room.host, &mut bob] {
+        let event = client.expect("message_received").await;
+        assert_eq!(event["session_id"], room.sid);
+        let message = &event["message"];
+        assert_eq!(message["kind"], "question");
+        assert_eq!(message["content"], "Is anyone there?");
+        assert_eq!(message["author"], bob_ticket["participant"]);
+        assert_eq!(message["in_reply_to"], Value::Null);
+        assert_eq!(message["session_id"], room.sid);
+        received.push(message.clone());
+    }
+    assert_eq!(received[0], received[1]);
+    let token = room.ticket["token"].as_str().unwrap();
+    let history: Value = room
+        .app
+        .get_with_token(&format!("/api/sessions/{}/messages", room.sid), token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["messages"], json!([received[0]]));
+    let state = room.host.sync(None).await;
+    assert_eq!(state["messages"], json!([received[0]]));
+}
+
+async fn typing_goes_to_others_at_most_once_a_second(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let (bob_ticket, mut bob) = room.guest("Bob").await;
+    let mut bob_tab2 = WsClient::connect(&room.app.ws_url(&bob_ticket))
+        .await
+        .unwrap();
+    bob_tab2.sync(None).await;
+    bob.send_json(json!({"type": "typing"})).await;
+    let typing = room.host.expect("user_typing").await;
+    assert_eq!(typing["participant"], bob_ticket["participant"]);
+    bob.expect_none("user_typing", QUIET).await;
+    bob_tab2.expect_none("user_typing", QUIET).await;
+    // A second one within the second is not passed on; none is an error either.
+    bob.send_json(json!({"type": "typing"})).await;
+    room.host.expect_none("user_typing", QUIET).await;
+    bob.expect_none("error", QUIET).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    bob.send_json(json!({"type": "typing"})).await;
+    room.host.expect("user_typing").await;
+}
+
+async fn bad_frames_get_errors_and_change_nothing(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let (_, mut bob) = room.guest("Bob").await;
+    room.host.expect("user_joined").await;
+    let cases: Vec<(String, &str, Option<&str>)> = vec![
+        ("not json".into(), "invalid_json", None),
+        ("[1,2,3]".into(), "invalid_json", None),
+        (
+            json!({"content": "no type"}).to_string(),
+            "unknown_type",
+            None,
+        ),
+        (
+            json!({"type": "dance"}).to_string(),
+            "unknown_type",
+            Some("dance"),
+        ),
+        (
+            json!({"type": "send_message"}).to_string(),
+            "invalid_message",
+            Some("send_message"),
+        ),
+        (
+            json!({"type": "send_message", "content": 42}).to_string(),
+            "invalid_message",
+            Some("send_message"),
+        ),
+        (
+            json!({"type": "send_message", "content": "   "}).to_string(),
+            "invalid_message",
+            Some("send_message"),
+        ),
+        (
+            json!({"type": "send_message", "content": "x".repeat(501)}).to_string(),
+            "invalid_message",
+            Some("send_message"),
+        ),
+        (
+            json!({"type": "send_message", "content": "bell\u{7}"}).to_string(),
+            "invalid_message",
+            Some("send_message"),
+        ),
+        (
+            json!({"type": "sync", "after": "nope"}).to_string(),
+            "invalid_message",
+            Some("sync"),
+        ),
+        (
+            json!({"type": "sync", "after": Uuid::new_v4()}).to_string(),
+            "invalid_message",
+            Some("sync"),
+        ),
+        (
+            json!({"type": "ping", "pad": "x".repeat(33 * 1024)}).to_string(),
+            "invalid_message",
+            None,
+        ),
+    ];
+    for (frame, code, request_type) in cases {
+        bob.send_text(&frame).await;
+        let error = bob.expect("error").await;
+        assert_eq!(error["code"], code, "{}", &frame[..frame.len().min(60)]);
+        assert_eq!(error["session_id"], room.sid);
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        match request_type {
+            Some(kind) => assert_eq!(error["request_type"], kind),
+            None => assert!(error.get("request_type").is_none(), "{error}"),
+        }
+    }
+    // Exactly 500 characters is fine.
+    bob.send_json(json!({"type": "send_message", "content": "y".repeat(500)}))
+        .await;
+    bob.expect("message_received").await;
+    // Nothing reached anyone else but that one question, nothing else was stored, and the
+    // socket is still open.
+    let seen = room.host.drain(QUIET).await;
+    let kinds: Vec<&str> = seen.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message_received"], "{seen:?}");
+    let state = bob.sync(None).await;
+    assert_eq!(state["messages"].as_array().unwrap().len(), 1);
+    bob.send_json(json!({"type": "ping"})).await;
+    bob.expect("pong").await;
+}
+
+async fn questions_are_rate_limited(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    for i in 0..3 {
+        room.host
+            .send_json(json!({"type": "send_message", "content": format!("q{i}")}))
+            .await;
+        room.host.expect("message_received").await;
+    }
+    room.host
+        .send_json(json!({"type": "send_message", "content": "one too many"}))
+        .await;
+    let error = room.host.expect("error").await;
+    assert_eq!(error["code"], "rate_limited");
+    assert_eq!(error["request_type"], "send_message");
+    let wait = error["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 0 && wait <= 3000, "{wait}");
+    room.host.expect_none("message_received", QUIET).await;
+    let state = room.host.sync(None).await;
+    assert_eq!(
+        state["messages"].as_array().unwrap().len(),
+        3,
+        "the refused question was not stored"
+    );
+    // Someone else still may ask.
+    let (_, mut bob) = room.guest("Bob").await;
+    bob.send_json(json!({"type": "send_message", "content": "my turn"}))
+        .await;
+    bob.expect("message_received").await;
+}
+
+async fn ending_the_session_tells_everyone_and_closes_the_sockets(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let (_, mut bob) = room.guest("Bob").await;
+    room.host.expect("user_joined").await;
+    let token = room.ticket["token"].as_str().unwrap();
+    let response = room
+        .app
+        .post_with_token(&format!("/api/sessions/{}/end", room.sid), token)
+        .await;
+    assert_eq!(response.status(), 204);
+    for client in [&mut room.host, &mut bob] {
+        let ended = client.expect("session_ended").await;
+        assert_eq!(ended["session_id"], room.sid);
+        assert_eq!(client.expect_closed().await, 1000);
+    }
+    let leftovers = room.host.drain(QUIET).await;
+    assert!(
+        leftovers.iter().all(|e| e["type"] != "user_left"),
+        "{leftovers:?}"
+    );
+    let sid: Uuid = room.sid.parse().unwrap();
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        room.app
+            .harness
+            .app
+            .connections
+            .in_session(sid)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(room.app.harness.gateway.open_sockets(), 0);
+}
+
+async fn a_dropped_tcp_connection_is_a_user_left(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let (bob_ticket, bob) = room.guest("Bob").await;
+    room.host.expect("user_joined").await;
+    bob.kill();
+    let left = room.host.expect("user_left").await;
+    assert_eq!(left["participant"], bob_ticket["participant"]);
+    let state = room.host.sync(None).await;
+    assert_eq!(names(&state["participants"]), ["Ada"]);
+}
+
+async fn a_vanished_connection_is_pruned_on_the_next_push(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let carol_ticket = room.app.join_ticket(&room.sid, "Carol").await;
+    let carol: Participant = serde_json::from_value(carol_ticket["participant"].clone()).unwrap();
+    // A connection the gateway no longer has, as after a lost $disconnect.
+    let ghost = Connection {
+        connection_id: "GhostConnId0AA=".into(),
+        session_id: room.sid.parse().unwrap(),
+        participant: carol.clone(),
+        connected_at: Utc::now(),
+    };
+    room.app.harness.app.connections.add(&ghost).await.unwrap();
+    let state = room.host.sync(None).await;
+    assert_eq!(names(&state["participants"]), ["Ada", "Carol"]);
+
+    room.host
+        .send_json(json!({"type": "send_message", "content": "who is here?"}))
+        .await;
+    room.host.expect("message_received").await;
+    let left = room.host.expect("user_left").await;
+    assert_eq!(left["participant"], carol_ticket["participant"]);
+    let state = room.host.sync(None).await;
+    assert_eq!(names(&state["participants"]), ["Ada"]);
+    assert!(
+        room.app
+            .harness
+            .app
+            .connections
+            .get(&ghost.connection_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn sync_after_resumes_without_gaps(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let sid: Uuid = room.sid.parse().unwrap();
+    let host: Participant = serde_json::from_value(room.ticket["participant"].clone()).unwrap();
+    let store = room.app.store();
+    let mut ids = Vec::new();
+    for i in 0..105 {
+        let message = store
+            .add_message(NewMessage {
+                session_id: sid,
+                kind: MessageKind::Question,
+                author: Some(host.clone()),
+                content: format!("q{i}"),
+                in_reply_to: None,
+            })
+            .await
+            .unwrap();
+        ids.push(message.id.to_string());
+    }
+    let state = room.host.sync(None).await;
+    let latest: Vec<&str> = state["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        latest,
+        ids[85..].iter().map(String::as_str).collect::<Vec<_>>(),
+        "the last 20, oldest first"
+    );
+
+    let first = room.host.sync(Some(&ids[0])).await;
+    let page: Vec<&str> = first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        page,
+        ids[1..101].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(first["has_more"], true);
+    let rest = room.host.sync(Some(page.last().unwrap())).await;
+    let page: Vec<&str> = rest["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        page,
+        ids[101..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(rest["has_more"], false);
+
+    // A client that dropped and reconnects asks for what it missed.
+    let (bob_ticket, bob) = room.guest("Bob").await;
+    let last_seen = ids.last().unwrap().clone();
+    bob.kill();
+    room.host
+        .send_json(json!({"type": "send_message", "content": "while you were away"}))
+        .await;
+    room.host.expect("message_received").await;
+    let mut bob = WsClient::connect(&room.app.ws_url(&bob_ticket))
+        .await
+        .unwrap();
+    let resumed = bob.sync(Some(&last_seen)).await;
+    let missed = resumed["messages"].as_array().unwrap();
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0]["content"], "while you were away");
+}
+
+async fn frames_api_gateway_refuses_close_the_socket(backend: Backend) {
+    let room = room(spawn_app(backend).await).await;
+    let mut binary = WsClient::connect(&room.app.ws_url(&room.ticket))
+        .await
+        .unwrap();
+    binary.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(binary.expect_closed().await, 1003);
+
+    let mut huge = WsClient::connect(&room.app.ws_url(&room.ticket))
+        .await
+        .unwrap();
+    huge.send_text(&json!({"type": "ping", "pad": "x".repeat(129 * 1024)}).to_string())
+        .await;
+    assert_eq!(huge.expect_closed().await, 1009);
+}
+
+async fn a_browser_may_send_the_token_as_a_subprotocol(backend: Backend) {
+    let room = room(spawn_app(backend).await).await;
+    let url = room.ticket["websocket_url"].as_str().unwrap();
+    let token = room.ticket["token"].as_str().unwrap();
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("seance, {token}").parse().unwrap(),
+    );
+    let (mut stream, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "seance"
+    );
+    futures_util::SinkExt::send(
+        &mut stream,
+        Message::Text(json!({"type": "ping"}).to_string().into()),
+    )
+    .await
+    .unwrap();
+    let frame = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut stream),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let pong: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(pong["type"], "pong");
+}
+
+async fn idle_sockets_are_closed(backend: Backend) {
+    let app = spawn_app_configured(backend, |config| {
+        config.ws_idle_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let mut room = room(app).await;
+    let (bob_ticket, mut bob) = room.guest("Bob").await;
+    // The host keeps pinging; Bob says nothing.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        room.host.send_json(json!({"type": "ping"})).await;
+    }
+    assert_eq!(bob.expect_closed().await, 1001);
+    let left = room.host.expect("user_left").await;
+    assert_eq!(left["participant"], bob_ticket["participant"]);
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod in_process {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    sync_answers_with_the_whole_state,
+    ping_gets_pong,
+    refused_handshakes_open_nothing,
+    presence_counts_participants_not_tabs,
+    questions_reach_everyone_and_are_stored,
+    typing_goes_to_others_at_most_once_a_second,
+    bad_frames_get_errors_and_change_nothing,
+    questions_are_rate_limited,
+    ending_the_session_tells_everyone_and_closes_the_sockets,
+    a_dropped_tcp_connection_is_a_user_left,
+    a_vanished_connection_is_pruned_on_the_next_push,
+    sync_after_resumes_without_gaps,
+    frames_api_gateway_refuses_close_the_socket,
+    a_browser_may_send_the_token_as_a_subprotocol,
+    idle_sockets_are_closed,
+);
+
+/// The emulator's Management API answers as API Gateway's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connections_endpoint_speaks_the_management_api() {
+    let mut room = room(spawn_app(Backend::Sqlite).await).await;
+    let connection_id = room
+        .app
+        .harness
+        .app
+        .connections
+        .in_session(room.sid.parse().unwrap())
+        .await
+        .unwrap()[0]
+        .connection_id
+        .clone();
+    let encoded = connection_id.replace('=', "%3D");
+    for prefix in ["", "/local"] {
+        let url = room.app.url(&format!("{prefix}/@connections/{encoded}"));
+        let info: Value = room
+            .app
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(keys(&info), ["ConnectedAt", "Identity", "LastActiveAt"]);
+        assert_eq!(info["Identity"]["SourceIp"], "127.0.0.1");
+        let posted = room
+            .app
+            .client
+            .post(&url)
+            .body(r#"{"type":"hello"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200);
+        assert_eq!(room.host.expect("hello").await["type"], "hello");
+        let too_big = room
+            .app
+            .client
+            .post(&url)
+            .body("x".repeat(129 * 1024))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(too_big.status(), 413);
+    }
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::DELETE,
+    ] {
+        let unknown = room
+            .app
+            .client
+            .request(
+                method.clone(),
+                room.app.url("/local/@connections/Nobody0000000A%3D"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 410, "{method}");
+        assert_eq!(
+            unknown.headers().get("x-amzn-errortype").unwrap(),
+            "GoneException"
+        );
+    }
+    let deleted = room
+        .app
+        .client
+        .delete(room.app.url(&format!("/local/@connections/{encoded}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(room.host.expect_closed().await, 1000);
+}
