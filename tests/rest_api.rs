@@ -255,7 +255,7 @@ async fn personas_are_listed() {
     let personas = body["personas"].as_array().unwrap();
     assert!(personas.len() >= 3);
     for persona in personas {
-        assert_eq!(keys(persona), ["description", "id", "name"]);
+        assert_eq!(keys(persona), ["description", "era", "id", "name"]);
     }
     // A listed persona can be chosen at creation and is kept.
     let id = personas[1]["id"].as_str().unwrap();

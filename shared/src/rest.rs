@@ -30,7 +30,7 @@ use crate::domain::{
     parse_host_name,
 };
 use crate::error::{ApiError, ErrorBody};
-use crate::personas::Persona;
+use crate::personas::PersonaSummary;
 use crate::store::NewSession;
 
 /// The whole REST API with its middleware: request ids, logs, CORS, body limit, JSON
@@ -197,7 +197,7 @@ pub struct HealthBody {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PersonasBody {
-    pub personas: Vec<Persona>,
+    pub personas: Vec<PersonaSummary>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -291,7 +291,7 @@ pub async fn health(State(app): State<App>) -> Response {
     responses((status = 200, body = PersonasBody)))]
 pub async fn list_personas(State(app): State<App>) -> axum::Json<PersonasBody> {
     axum::Json(PersonasBody {
-        personas: app.personas.all().to_vec(),
+        personas: app.personas.all().iter().map(|p| p.summary()).collect(),
     })
 }
 
@@ -468,7 +468,7 @@ pub async fn end_session(
 #[openapi(
     info(title = "Séance API", description = "REST routes of the séance protocol (v1). The WebSocket protocol is in PROTOCOL.md."),
     paths(health, list_personas, create_session, join_session, get_session, list_messages, end_session),
-    components(schemas(ErrorBody, HealthBody, PersonasBody, Persona, CreateSessionBody, JoinSessionBody,
+    components(schemas(ErrorBody, HealthBody, PersonasBody, PersonaSummary, CreateSessionBody, JoinSessionBody,
                        SessionTicket, Session, Participant, Message, MessagesBody)),
     modifiers(&BearerAuth),
 )]
