@@ -144,6 +144,7 @@ async fn health(app: &TestApp) -> (u16, Value) {
             "database",
             "database_backend",
             "redis",
+            "spirit",
             "status",
             "timestamp"
         ]
@@ -163,6 +164,7 @@ async fn messages_page_through_history(backend: Backend) {
     for i in 0..5 {
         let q = store
             .add_message(NewMessage {
+                id: None,
                 session_id: sid,
                 kind: MessageKind::Question,
                 author: Some(host.clone()),

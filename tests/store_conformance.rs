@@ -32,6 +32,7 @@ async fn question(
 ) -> seance::domain::Message {
     store
         .add_message(NewMessage {
+            id: None,
             session_id: session,
             kind: MessageKind::Question,
             author: Some(author.clone()),
@@ -45,6 +46,7 @@ async fn question(
 async fn answer(store: &DynStore, session: Uuid, to: Uuid, text: &str) -> seance::domain::Message {
     store
         .add_message(NewMessage {
+            id: None,
             session_id: session,
             kind: MessageKind::Spirit,
             author: None,
@@ -190,6 +192,7 @@ async fn ending_a_session_closes_it(backend: Backend) {
     ));
     let late = store
         .add_message(NewMessage {
+            id: None,
             session_id: session.id,
             kind: MessageKind::Question,
             author: Some(host.clone()),

@@ -8,9 +8,11 @@ use crate::board::Board;
 use crate::config::{Config, ConfigError};
 use crate::connections::{ConnectionStore, InProcessConnections, RedisConnections};
 use crate::health::{Redis, RedisUnavailable};
-use crate::personas::Personas;
+use crate::personas::{PersonaError, Personas};
 use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
 use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
+use crate::spirit::SpiritProvider;
+use crate::spirit::queue::{InProcessQueue, RedisQueue, SpiritQueue};
 use crate::store::{Database, DynStore, StoreError};
 
 #[derive(Clone)]
@@ -27,6 +29,8 @@ pub struct App {
     pub pusher: Arc<dyn Pusher>,
     pub limiter: Arc<dyn RateLimiter>,
     pub board: Arc<Board>,
+    pub spirit: Arc<dyn SpiritProvider>,
+    pub spirit_queue: Arc<dyn SpiritQueue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,8 @@ pub enum StartupError {
     Database(#[from] StoreError),
     #[error("cannot set up Redis: {0}")]
     Redis(#[from] RedisUnavailable),
+    #[error("configuration error: {0}")]
+    Persona(#[from] PersonaError),
 }
 
 impl App {
@@ -65,8 +71,15 @@ impl App {
         let database = Database::connect_lazy(&config)?;
         let redis = config.redis_url.as_ref().map(Redis::new).transpose()?;
         let tokens = TokenKeys::new(&config.jwt_secret, config.jwt_ttl);
-        let (connections, limiter): (Arc<dyn ConnectionStore>, Arc<dyn RateLimiter>) = match &redis
-        {
+        let personas = Personas::load(config.spirit.steering_dir.as_deref())?;
+        // An answerer holds its session's lock for at most one answer and its pushes.
+        let lock_ttl = config.spirit.deadline + std::time::Duration::from_secs(30);
+        type Stores = (
+            Arc<dyn ConnectionStore>,
+            Arc<dyn RateLimiter>,
+            Arc<dyn SpiritQueue>,
+        );
+        let (connections, limiter, spirit_queue): Stores = match &redis {
             Some(redis) => (
                 Arc::new(RedisConnections::new(
                     redis.clone(),
@@ -77,12 +90,19 @@ impl App {
                     redis.clone(),
                     &config.redis_key_prefix,
                 )),
+                Arc::new(RedisQueue::new(
+                    redis.clone(),
+                    &config.redis_key_prefix,
+                    lock_ttl,
+                )),
             ),
             None => (
                 Arc::new(InProcessConnections::new(config.connection_ttl)),
                 Arc::new(InProcessRateLimiter::default()),
+                Arc::new(InProcessQueue::default()),
             ),
         };
+        let spirit = crate::spirit::build_provider(&config.spirit);
         let credentials = match config.profile {
             crate::config::Profile::Lambda => AwsCredentials::Environment,
             crate::config::Profile::Harness => AwsCredentials::Static,
@@ -93,10 +113,12 @@ impl App {
             pusher,
             limiter,
             board: Arc::new(Board::classic()),
+            spirit,
+            spirit_queue,
             store: database.store(),
             tokens,
             redis,
-            personas: Arc::new(Personas::built_in()),
+            personas: Arc::new(personas),
             websocket_url: Arc::from(websocket_url.trim_end_matches('/')),
             config: Arc::new(config),
         };

@@ -52,6 +52,47 @@ pub enum JwtSecret {
     Ephemeral,
 }
 
+/// Which model answers for the spirit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpiritProviderConfig {
+    /// Google's Gemini API (`streamGenerateContent`).
+    Gemini {
+        api_key: Secret,
+        model: String,
+        base_url: String,
+    },
+    /// Any OpenAI-compatible chat completions server (Ollama, llama.cpp, vLLM, Gemini's own).
+    OpenAi {
+        api_key: Option<Secret>,
+        model: String,
+        base_url: String,
+    },
+    /// The offline oracle: deterministic, in character, no network.
+    Oracle { seed: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct SpiritConfig {
+    pub provider: SpiritProviderConfig,
+    /// Extra or overriding persona files (`SPIRIT_STEERING_DIR`).
+    pub steering_dir: Option<std::path::PathBuf>,
+    /// Past this, the answer is a stock line with `fallback: true` (`SPIRIT_DEADLINE`, 20 s).
+    pub deadline: Duration,
+    /// How many recent messages the model sees (`SPIRIT_HISTORY`, 12).
+    pub history: u32,
+    /// The model's output cap (`SPIRIT_MAX_OUTPUT_TOKENS`, 256).
+    pub max_output_tokens: u32,
+    /// Questions waiting per session, the one being answered included (`SPIRIT_QUEUE_CAPACITY`, 3).
+    pub queue_capacity: u32,
+    /// Questions a session may ask per hour (`SPIRIT_SESSION_QUESTIONS_PER_HOUR`, 60).
+    pub session_questions_per_hour: u32,
+    /// The oracle's pause between words, so it streams like a model (`ORACLE_WORD_DELAY`, 120 ms).
+    pub oracle_word_delay: Duration,
+    /// Planchette pace: time per symbol and the extra pause at a word gap.
+    pub planchette_symbol_ms: u64,
+    pub planchette_gap_ms: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub profile: Profile,
@@ -101,6 +142,7 @@ pub struct Config {
     pub ws_idle_timeout: Duration,
     /// The harness closes any socket this old (default 2 h, as API Gateway).
     pub ws_max_lifetime: Duration,
+    pub spirit: SpiritConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -295,6 +337,8 @@ impl Config {
             }
         };
 
+        let spirit = spirit_config(&get, &duration)?;
+
         let max_participants_cap = parse_num(&get, "MAX_PARTICIPANTS_CAP", 12u8, 2, 12)?;
         let default_max_participants = parse_num(
             &get,
@@ -337,6 +381,7 @@ impl Config {
             connection_ttl: duration("CONNECTION_TTL", Duration::from_secs(2 * 3600 + 600))?,
             ws_idle_timeout: duration("WS_IDLE_TIMEOUT", Duration::from_secs(600))?,
             ws_max_lifetime: duration("WS_MAX_LIFETIME", Duration::from_secs(7200))?,
+            spirit,
         })
     }
 
@@ -355,6 +400,16 @@ impl Config {
         }
     }
 
+    /// The per-session hourly question cap as a bucket: the whole hour's questions may
+    /// come at once, then they refill evenly.
+    pub fn session_question_limit(&self) -> crate::ratelimit::RateLimit {
+        let per_hour = self.spirit.session_questions_per_hour.max(1);
+        crate::ratelimit::RateLimit {
+            interval: Duration::from_secs(3600) / per_hour,
+            burst: per_hour,
+        }
+    }
+
     pub fn typing_limit(&self) -> crate::ratelimit::RateLimit {
         crate::ratelimit::RateLimit {
             interval: self.typing_interval,
@@ -365,6 +420,105 @@ impl Config {
     pub fn uses_sqlite(&self) -> bool {
         self.database_url.expose().starts_with("sqlite:")
     }
+}
+
+fn spirit_config(
+    get: &impl Fn(&str) -> Option<String>,
+    duration: &impl Fn(&'static str, Duration) -> Result<Duration, ConfigError>,
+) -> Result<SpiritConfig, ConfigError> {
+    let google_key = get("GOOGLE_API_KEY");
+    let openai_base = get("OPENAI_BASE_URL");
+    let choice = match get("SPIRIT_PROVIDER").as_deref() {
+        Some(p @ ("gemini" | "openai" | "oracle")) => p.to_owned(),
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "SPIRIT_PROVIDER",
+                reason: format!("`{other}` is not gemini, openai or oracle"),
+            });
+        }
+        // No choice made: the first that is configured, else the offline oracle.
+        None if google_key.is_some() => "gemini".into(),
+        None if openai_base.is_some() => "openai".into(),
+        None => "oracle".into(),
+    };
+    let url = |var: &'static str, value: String| -> Result<String, ConfigError> {
+        if value.starts_with("http://") || value.starts_with("https://") {
+            Ok(value.trim_end_matches('/').to_owned())
+        } else {
+            Err(ConfigError::Invalid {
+                var,
+                reason: "must start with http:// or https://".into(),
+            })
+        }
+    };
+    let provider = match choice.as_str() {
+        "gemini" => SpiritProviderConfig::Gemini {
+            api_key: Secret::new(google_key.ok_or(ConfigError::Missing {
+                var: "GOOGLE_API_KEY",
+                hint: "a Gemini API key, or SPIRIT_PROVIDER=oracle for the offline spirit",
+            })?),
+            model: get("GEMINI_MODEL").unwrap_or_else(|| "gemini-flash-latest".into()),
+            base_url: url(
+                "GEMINI_BASE_URL",
+                get("GEMINI_BASE_URL")
+                    .unwrap_or_else(|| "https://generativelanguage.googleapis.com".into()),
+            )?,
+        },
+        "openai" => SpiritProviderConfig::OpenAi {
+            api_key: get("OPENAI_API_KEY").map(Secret::new),
+            model: get("OPENAI_MODEL").ok_or(ConfigError::Missing {
+                var: "OPENAI_MODEL",
+                hint: "the model name the OpenAI-compatible server serves, e.g. llama3.2",
+            })?,
+            base_url: url(
+                "OPENAI_BASE_URL",
+                openai_base.ok_or(ConfigError::Missing {
+                    var: "OPENAI_BASE_URL",
+                    hint: "e.g. http://127.0.0.1:11434/v1 for Ollama",
+                })?,
+            )?,
+        },
+        _ => SpiritProviderConfig::Oracle {
+            seed: parse_num(get, "ORACLE_SEED", 1891, 0, u64::MAX)?,
+        },
+    };
+    let steering_dir = get("SPIRIT_STEERING_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &steering_dir
+        && !dir.is_dir()
+    {
+        return Err(ConfigError::Invalid {
+            var: "SPIRIT_STEERING_DIR",
+            reason: format!("{} is not a folder", dir.display()),
+        });
+    }
+    Ok(SpiritConfig {
+        provider,
+        steering_dir,
+        deadline: duration("SPIRIT_DEADLINE", Duration::from_secs(20))?,
+        history: parse_num(get, "SPIRIT_HISTORY", 12, 0, 100)?,
+        max_output_tokens: parse_num(get, "SPIRIT_MAX_OUTPUT_TOKENS", 256, 16, 8192)?,
+        queue_capacity: parse_num(get, "SPIRIT_QUEUE_CAPACITY", 3, 1, 100)?,
+        session_questions_per_hour: parse_num(
+            get,
+            "SPIRIT_SESSION_QUESTIONS_PER_HOUR",
+            60,
+            1,
+            100_000,
+        )?,
+        oracle_word_delay: match get("ORACLE_WORD_DELAY") {
+            Some(raw) => {
+                Duration::from_millis(parse_num(get, "ORACLE_WORD_DELAY", 120, 0, 10_000).map_err(
+                    |_| ConfigError::Invalid {
+                        var: "ORACLE_WORD_DELAY",
+                        reason: format!("`{raw}` is not milliseconds from 0 to 10000"),
+                    },
+                )?)
+            }
+            None => Duration::from_millis(120),
+        },
+        planchette_symbol_ms: parse_num(get, "PLANCHETTE_SYMBOL_MS", 350, 1, 10_000)?,
+        planchette_gap_ms: parse_num(get, "PLANCHETTE_GAP_MS", 600, 0, 10_000)?,
+    })
 }
 
 fn parse_num<T>(

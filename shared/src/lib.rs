@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod push;
 pub mod ratelimit;
 pub mod rest;
+pub mod spirit;
 pub mod store;
 pub mod telemetry;
 pub mod ws;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::board::Board;
 use crate::domain::{Message, Participant, Session};
+use crate::spirit::planchette::PathPoint;
 
 /// A frame from a client, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +161,25 @@ pub enum ServerEvent {
     },
     MessageReceived {
         message: Message,
+    },
+    SpiritThinking {
+        question_id: Uuid,
+    },
+    SpiritToken {
+        question_id: Uuid,
+        seq: u64,
+        /// The next piece of the answer (whole words; pieces after the first start with a space).
+        text: String,
+        /// The planchette's path for this piece; `at_ms` counts from the start of the answer.
+        planchette: Vec<PathPoint>,
+    },
+    SpiritResponse {
+        /// Kind `spirit`, `in_reply_to` the question.
+        message: Message,
+        /// The whole path.
+        planchette: Vec<PathPoint>,
+        /// True when the model failed and this is a stock in-character line.
+        fallback: bool,
     },
     SessionEnded {},
     Error {

@@ -192,6 +192,8 @@ pub struct HealthBody {
     pub redis: &'static str,
     /// `postgres` or `sqlite`.
     pub database_backend: &'static str,
+    /// Which model answers for the spirit, e.g. `oracle (offline)` or `gemini (gemini-flash-latest)`.
+    pub spirit: String,
     pub timestamp: DateTime<Utc>,
 }
 
@@ -277,6 +279,7 @@ pub async fn health(State(app): State<App>) -> Response {
         },
         redis: redis.unwrap_or("disconnected"),
         database_backend: app.store.backend(),
+        spirit: app.spirit.describe(),
         timestamp: Utc::now(),
     };
     let status = if healthy {

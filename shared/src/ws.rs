@@ -17,6 +17,7 @@ use crate::domain::{MessageContent, MessageKind, Participant, SessionStatus};
 use crate::protocol::{ClientFrame, ErrorCode, FrameError, ServerEvent, SpiritState, parse_frame};
 use crate::push::{Audience, FANOUT_CONCURRENCY};
 use crate::ratelimit::Decision;
+use crate::spirit::queue::QueuedQuestion;
 use crate::store::{NewMessage, StoreError};
 
 /// How many messages `session_state` carries without `after`, and at most with it.
@@ -315,36 +316,78 @@ async fn answer(
                 MessageContent::parse(&content, app.config.max_content_chars).map_err(|err| {
                     FrameError::new(ErrorCode::InvalidMessage, err.message, Some(kind))
                 })?;
-            let key = format!("message:{session_id}:{}", connection.participant.id);
-            match app.limiter.acquire(&key, app.config.message_limit()).await {
-                Ok(Decision::Allowed) => {}
-                Ok(Decision::RetryAfter(wait)) => {
-                    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-                    return Err(FrameError {
-                        retry_after_ms: Some(retry_after_ms),
-                        ..FrameError::new(
-                            ErrorCode::RateLimited,
-                            format!("too many questions; wait {retry_after_ms} ms"),
-                            Some(kind),
-                        )
-                    });
+            // A place in the spirit's queue first: a full queue refuses before anything is
+            // counted or stored.
+            let session = app
+                .store
+                .session(session_id)
+                .await
+                .map_err(|e| store_error(e, kind))?;
+            if session.status == SessionStatus::Ended {
+                return Err(store_error(StoreError::SessionEnded, kind));
+            }
+            let question_id = Uuid::now_v7();
+            match app
+                .spirit_queue
+                .reserve(session_id, question_id, app.config.spirit.queue_capacity)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(FrameError::new(
+                        ErrorCode::SpiritBusy,
+                        "the spirit has too many questions waiting; ask again once it has answered",
+                        Some(kind),
+                    ));
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "send_message: rate limiter unavailable");
+                    tracing::warn!(%err, "send_message: spirit queue unavailable");
                     return Err(internal(kind));
                 }
             }
-            let message = app
+            let limits = [
+                (
+                    format!("message:{session_id}:{}", connection.participant.id),
+                    app.config.message_limit(),
+                    "too many questions",
+                ),
+                (
+                    format!("session-questions:{session_id}"),
+                    app.config.session_question_limit(),
+                    "this séance has asked all it may this hour",
+                ),
+            ];
+            for (key, limit, why) in limits {
+                if let Err(err) = check_rate(app, &key, limit, kind, why).await {
+                    let _ = app.spirit_queue.cancel(session_id, question_id).await;
+                    return Err(err);
+                }
+            }
+            let stored = app
                 .store
                 .add_message(NewMessage {
+                    id: Some(question_id),
                     session_id,
                     kind: MessageKind::Question,
                     author: Some(connection.participant.clone()),
                     content: content.into_inner(),
                     in_reply_to: None,
                 })
-                .await
-                .map_err(|e| store_error(e, kind))?;
+                .await;
+            let message = match stored {
+                Ok(message) => message,
+                Err(err) => {
+                    let _ = app.spirit_queue.cancel(session_id, question_id).await;
+                    return Err(store_error(err, kind));
+                }
+            };
+            let queued = QueuedQuestion {
+                id: message.id,
+                session_id,
+                author: connection.participant.clone(),
+                content: message.content.clone(),
+                persona: session.persona,
+            };
             broadcaster
                 .broadcast(
                     endpoint,
@@ -353,9 +396,38 @@ async fn answer(
                     Audience::Everyone,
                 )
                 .await;
+            crate::spirit::turn::enqueue_and_answer(app, endpoint, queued).await;
         }
     }
     Ok(())
+}
+
+/// One action from a rate-limit bucket, or the protocol's `rate_limited` error.
+async fn check_rate(
+    app: &App,
+    key: &str,
+    limit: crate::ratelimit::RateLimit,
+    kind: &str,
+    why: &str,
+) -> Result<(), FrameError> {
+    match app.limiter.acquire(key, limit).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::RetryAfter(wait)) => {
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            Err(FrameError {
+                retry_after_ms: Some(retry_after_ms),
+                ..FrameError::new(
+                    ErrorCode::RateLimited,
+                    format!("{why}; wait {retry_after_ms} ms"),
+                    Some(kind),
+                )
+            })
+        }
+        Err(err) => {
+            tracing::warn!(%err, "rate limiter unavailable");
+            Err(internal(kind))
+        }
+    }
 }
 
 /// `session_state`: the session, who is online (each once, by seat), recent messages (or
@@ -393,7 +465,11 @@ pub async fn session_state(
         participants,
         messages,
         has_more,
-        spirit: SpiritState::Idle,
+        spirit: app
+            .spirit_queue
+            .state(session_id)
+            .await
+            .unwrap_or(SpiritState::Idle),
         board: (*app.board).clone(),
     })
 }

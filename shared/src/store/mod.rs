@@ -70,6 +70,9 @@ pub struct NewSession {
 /// A message to store; `author` is `None` for the spirit.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// Chosen in advance when the caller needs the id before the message is stored (a
+    /// question's place in the spirit's queue); a fresh UUIDv7 otherwise.
+    pub id: Option<Uuid>,
     pub session_id: Uuid,
     pub kind: MessageKind,
     pub author: Option<Participant>,

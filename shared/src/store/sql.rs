@@ -347,7 +347,7 @@ macro_rules! impl_sql_store {
 
             async fn add_message(&self, new: NewMessage) -> Result<Message, StoreError> {
                 let message = Message {
-                    id: Uuid::now_v7(),
+                    id: new.id.unwrap_or_else(Uuid::now_v7),
                     session_id: new.session_id,
                     kind: new.kind,
                     author: new.author,
