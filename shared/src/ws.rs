@@ -316,90 +316,115 @@ async fn answer(
                 MessageContent::parse(&content, app.config.max_content_chars).map_err(|err| {
                     FrameError::new(ErrorCode::InvalidMessage, err.message, Some(kind))
                 })?;
-            // A place in the spirit's queue first: a full queue refuses before anything is
-            // counted or stored.
-            let session = app
-                .store
-                .session(session_id)
-                .await
-                .map_err(|e| store_error(e, kind))?;
-            if session.status == SessionStatus::Ended {
-                return Err(store_error(StoreError::SessionEnded, kind));
-            }
-            let question_id = Uuid::now_v7();
-            match app
+            // Accepting is serialised per session, so the order questions are announced in
+            // is the order the spirit answers them in.
+            let guard = app
                 .spirit_queue
-                .reserve(session_id, question_id, app.config.spirit.queue_capacity)
+                .lock_accept(session_id)
                 .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(FrameError::new(
-                        ErrorCode::SpiritBusy,
-                        "the spirit has too many questions waiting; ask again once it has answered",
-                        Some(kind),
-                    ));
-                }
-                Err(err) => {
+                .map_err(|err| {
                     tracing::warn!(%err, "send_message: spirit queue unavailable");
-                    return Err(internal(kind));
-                }
-            }
-            let limits = [
-                (
-                    format!("message:{session_id}:{}", connection.participant.id),
-                    app.config.message_limit(),
-                    "too many questions",
-                ),
-                (
-                    format!("session-questions:{session_id}"),
-                    app.config.session_question_limit(),
-                    "this séance has asked all it may this hour",
-                ),
-            ];
-            for (key, limit, why) in limits {
-                if let Err(err) = check_rate(app, &key, limit, kind, why).await {
-                    let _ = app.spirit_queue.cancel(session_id, question_id).await;
-                    return Err(err);
-                }
-            }
-            let stored = app
-                .store
-                .add_message(NewMessage {
-                    id: Some(question_id),
-                    session_id,
-                    kind: MessageKind::Question,
-                    author: Some(connection.participant.clone()),
-                    content: content.into_inner(),
-                    in_reply_to: None,
-                })
-                .await;
-            let message = match stored {
-                Ok(message) => message,
-                Err(err) => {
-                    let _ = app.spirit_queue.cancel(session_id, question_id).await;
-                    return Err(store_error(err, kind));
-                }
-            };
-            let queued = QueuedQuestion {
-                id: message.id,
-                session_id,
-                author: connection.participant.clone(),
-                content: message.content.clone(),
-                persona: session.persona,
-            };
-            broadcaster
-                .broadcast(
-                    endpoint,
-                    session_id,
-                    &ServerEvent::MessageReceived { message },
-                    Audience::Everyone,
-                )
-                .await;
-            crate::spirit::turn::enqueue_and_answer(app, endpoint, queued).await;
+                    internal(kind)
+                })?;
+            let accepted = accept_question(app, endpoint, connection, content, kind).await;
+            guard.release().await;
+            crate::spirit::turn::take_turn(app, endpoint, session_id, accepted?).await;
         }
     }
     Ok(())
+}
+
+/// Checks, stores, announces and queues one question, under the session's accept lock.
+async fn accept_question(
+    app: &App,
+    endpoint: &str,
+    connection: &Connection,
+    content: MessageContent,
+    kind: &str,
+) -> Result<crate::spirit::turn::AfterQueueing, FrameError> {
+    let session_id = connection.session_id;
+    let broadcaster = app.broadcaster();
+    // A place in the spirit's queue first: a full queue refuses before anything is
+    // counted or stored.
+    let session = app
+        .store
+        .session(session_id)
+        .await
+        .map_err(|e| store_error(e, kind))?;
+    if session.status == SessionStatus::Ended {
+        return Err(store_error(StoreError::SessionEnded, kind));
+    }
+    let question_id = Uuid::now_v7();
+    match app
+        .spirit_queue
+        .reserve(session_id, question_id, app.config.spirit.queue_capacity)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(FrameError::new(
+                ErrorCode::SpiritBusy,
+                "the spirit has too many questions waiting; ask again once it has answered",
+                Some(kind),
+            ));
+        }
+        Err(err) => {
+            tracing::warn!(%err, "send_message: spirit queue unavailable");
+            return Err(internal(kind));
+        }
+    }
+    let limits = [
+        (
+            format!("message:{session_id}:{}", connection.participant.id),
+            app.config.message_limit(),
+            "too many questions",
+        ),
+        (
+            format!("session-questions:{session_id}"),
+            app.config.session_question_limit(),
+            "this séance has asked all it may this hour",
+        ),
+    ];
+    for (key, limit, why) in limits {
+        if let Err(err) = check_rate(app, &key, limit, kind, why).await {
+            let _ = app.spirit_queue.cancel(session_id, question_id).await;
+            return Err(err);
+        }
+    }
+    let stored = app
+        .store
+        .add_message(NewMessage {
+            id: Some(question_id),
+            session_id,
+            kind: MessageKind::Question,
+            author: Some(connection.participant.clone()),
+            content: content.into_inner(),
+            in_reply_to: None,
+        })
+        .await;
+    let message = match stored {
+        Ok(message) => message,
+        Err(err) => {
+            let _ = app.spirit_queue.cancel(session_id, question_id).await;
+            return Err(store_error(err, kind));
+        }
+    };
+    let queued = QueuedQuestion {
+        id: message.id,
+        session_id,
+        author: connection.participant.clone(),
+        content: message.content.clone(),
+        persona: session.persona,
+    };
+    broadcaster
+        .broadcast(
+            endpoint,
+            session_id,
+            &ServerEvent::MessageReceived { message },
+            Audience::Everyone,
+        )
+        .await;
+    Ok(crate::spirit::turn::enqueue(app, queued).await)
 }
 
 /// One action from a rate-limit bucket, or the protocol's `rate_limited` error.

@@ -1,6 +1,7 @@
 //! Shared test support: fresh databases, the harness on port 0, an HTTP client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mock_llm;
 pub mod ws;
 
 use std::collections::HashMap;

@@ -129,6 +129,30 @@ impl WsClient {
         events
     }
 
+    /// Every event, in arrival order (buffered ones first), up to and including the
+    /// `count`th of `kind`.
+    pub async fn collect_until(&mut self, kind: &str, count: usize) -> Vec<Value> {
+        let mut events: Vec<Value> = Vec::new();
+        let mut seen = 0;
+        while let Some(event) = self.buffer.pop_front() {
+            seen += usize::from(event["type"] == kind);
+            events.push(event);
+            if seen == count {
+                return events;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
+        while seen < count {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(event) = self.read(left).await else {
+                panic!("only {seen} of {count} `{kind}` events arrived; saw {events:?}");
+            };
+            seen += usize::from(event["type"] == kind);
+            events.push(event);
+        }
+        events
+    }
+
     /// Waits until the server closes the socket; returns its close code.
     pub async fn expect_closed(&mut self) -> u16 {
         let deadline = tokio::time::Instant::now() + WAIT;

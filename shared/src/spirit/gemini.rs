@@ -234,8 +234,8 @@ impl SpiritProvider for Gemini {
         out: mpsc::Sender<String>,
     ) -> Result<(), SpiritError> {
         let body = Self::body(request);
-        // The turn enforces the overall deadline; this one only bounds retry waits.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        // The turn enforces the deadline; this bounds the retry waits within it.
+        let deadline = tokio::time::Instant::now() + request.budget;
         with_retries(deadline, || self.attempt(&body, &out)).await
     }
 }

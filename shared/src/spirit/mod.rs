@@ -46,6 +46,8 @@ pub struct SpiritRequest {
     pub question: String,
     pub temperature: f32,
     pub max_output_tokens: u32,
+    /// How long the provider may spend in all, retries included (the turn's deadline).
+    pub budget: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -167,7 +167,7 @@ impl SpiritProvider for OpenAiCompatible {
         out: mpsc::Sender<String>,
     ) -> Result<(), SpiritError> {
         let body = self.body(request);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + request.budget;
         with_retries(deadline, || self.attempt(&body, &out)).await
     }
 }

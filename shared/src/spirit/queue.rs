@@ -31,8 +31,29 @@ pub struct QueuedQuestion {
 #[error("spirit queue unavailable: {0}")]
 pub struct QueueError(pub String);
 
+/// Held while one question is accepted (checked, stored, announced and queued), so the
+/// order questions are announced in is the order they are answered in. Dropping it
+/// without [`AcceptGuard::release`] still releases it (the Redis lock by expiry).
+pub struct AcceptGuard {
+    release: Option<Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send>>,
+}
+
+impl AcceptGuard {
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            release().await;
+        }
+    }
+}
+
+/// How long one acceptance may hold the session's accept lock (a store write and a fan-out).
+pub const ACCEPT_LOCK_TTL: Duration = Duration::from_secs(5);
+
 #[async_trait]
 pub trait SpiritQueue: Send + Sync + 'static {
+    /// Waits for the session's accept lock.
+    async fn lock_accept(&self, session_id: Uuid) -> Result<AcceptGuard, QueueError>;
+
     /// Holds a place for `question_id`; false when the session already has `capacity`
     /// questions waiting (the one being answered included).
     async fn reserve(
@@ -79,6 +100,7 @@ struct SessionQueue {
 #[derive(Default)]
 pub struct InProcessQueue {
     sessions: Mutex<HashMap<Uuid, SessionQueue>>,
+    accept_locks: Mutex<HashMap<Uuid, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl InProcessQueue {
@@ -98,6 +120,24 @@ impl InProcessQueue {
 
 #[async_trait]
 impl SpiritQueue for InProcessQueue {
+    async fn lock_accept(&self, session_id: Uuid) -> Result<AcceptGuard, QueueError> {
+        let lock = self
+            .accept_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(session_id)
+            .or_default()
+            .clone();
+        let guard = lock.lock_owned().await;
+        Ok(AcceptGuard {
+            release: Some(Box::new(move || {
+                Box::pin(async move {
+                    drop(guard);
+                })
+            })),
+        })
+    }
+
     async fn reserve(
         &self,
         session_id: Uuid,
@@ -233,8 +273,50 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+const RELEASE_IF_OURS: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 #[async_trait]
 impl SpiritQueue for RedisQueue {
+    async fn lock_accept(&self, session_id: Uuid) -> Result<AcceptGuard, QueueError> {
+        let key = self.key(session_id, "accept");
+        let token = Uuid::new_v4().to_string();
+        let mut conn = self.conn().await?;
+        let ttl_ms = u64::try_from(ACCEPT_LOCK_TTL.as_millis()).unwrap_or(5000);
+        let give_up = Instant::now() + ACCEPT_LOCK_TTL * 2;
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(queue_err)?;
+            if taken.is_some() {
+                break;
+            }
+            if Instant::now() > give_up {
+                return Err(QueueError("the accept lock stayed taken".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(AcceptGuard {
+            release: Some(Box::new(move || {
+                Box::pin(async move {
+                    let _: Result<i64, _> = redis::Script::new(RELEASE_IF_OURS)
+                        .key(key)
+                        .arg(token)
+                        .invoke_async(&mut conn)
+                        .await;
+                })
+            })),
+        })
+    }
+
     async fn reserve(
         &self,
         session_id: Uuid,

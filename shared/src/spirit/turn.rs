@@ -22,19 +22,35 @@ use crate::store::NewMessage;
 /// The shortest time between two `spirit_token` pushes of one answer.
 pub const TOKEN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Queues an accepted (stored and broadcast) question and, if no one is answering this
-/// session, answers until the queue is empty.
-pub async fn enqueue_and_answer(app: &App, endpoint: &str, question: QueuedQuestion) {
-    let session_id = question.session_id;
+/// What to do once a question is queued.
+pub enum AfterQueueing {
+    /// This caller holds the answerer lock: answer until the queue is empty.
+    Answer,
+    /// Someone else is answering this session.
+    Nothing,
+    /// The queue could not take it: answer this one question directly, rather than leave
+    /// it thinking forever.
+    AnswerAlone(QueuedQuestion),
+}
+
+/// Queues an accepted (stored and announced) question.
+pub async fn enqueue(app: &App, question: QueuedQuestion) -> AfterQueueing {
     match app.spirit_queue.enqueue(&question).await {
-        Ok(true) => answer_until_empty(app, endpoint, session_id).await,
-        Ok(false) => {}
+        Ok(true) => AfterQueueing::Answer,
+        Ok(false) => AfterQueueing::Nothing,
         Err(err) => {
-            // The question is stored and shown but cannot be queued: answer it here rather
-            // than leave it thinking forever.
             tracing::warn!(%err, "spirit queue unavailable; answering without it");
-            answer(app, endpoint, &question).await;
+            AfterQueueing::AnswerAlone(question)
         }
+    }
+}
+
+/// Does what [`enqueue`] said, once the accept lock is released.
+pub async fn take_turn(app: &App, endpoint: &str, session_id: Uuid, next: AfterQueueing) {
+    match next {
+        AfterQueueing::Answer => answer_until_empty(app, endpoint, session_id).await,
+        AfterQueueing::Nothing => {}
+        AfterQueueing::AnswerAlone(question) => answer(app, endpoint, &question).await,
     }
 }
 
@@ -197,6 +213,7 @@ async fn request_for(app: &App, persona: &Persona, question: &QueuedQuestion) ->
         question: question.content.clone(),
         temperature: persona.temperature,
         max_output_tokens: app.config.spirit.max_output_tokens,
+        budget: app.config.spirit.deadline,
     }
 }
 
