@@ -503,3 +503,52 @@ async fn failures_fall_back_in_character() {
         assert_eq!(state["spirit"], "idle", "{what}");
     }
 }
+
+/// The cost guard: a session may ask only so many questions an hour, whoever asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_has_an_hourly_question_cap() {
+    let app = spawn_app_configured(Backend::Sqlite, |config| {
+        config.spirit.session_questions_per_hour = 2;
+        config.spirit.oracle_word_delay = Duration::ZERO;
+    })
+    .await;
+    let mut table = table(app, "the-archivist", &["Ada", "Bob"]).await;
+    table.clients[0].send_json(ask("How many books?")).await;
+    table.clients[0].collect_until("spirit_response", 1).await;
+    table.clients[1].send_json(ask("How many shelves?")).await;
+    table.clients[1].collect_until("spirit_response", 2).await;
+    table.clients[0].drain(Duration::from_millis(100)).await;
+    table.clients[1].send_json(ask("How many rooms?")).await;
+    let refused = table.clients[1].expect("error").await;
+    assert_eq!(refused["code"], "rate_limited");
+    assert!(
+        refused["retry_after_ms"].as_u64().unwrap() > 60_000,
+        "{refused}"
+    );
+    table.clients[0]
+        .expect_none("message_received", Duration::from_millis(300))
+        .await;
+}
+
+/// `session_state.spirit` says what the spirit is doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_shows_the_spirit_at_work() {
+    let app = spawn_app_configured(Backend::Postgres, |config| {
+        config.spirit.oracle_word_delay = Duration::from_millis(200);
+    })
+    .await;
+    let mut table = table(app, "madame-veyra", &["Ada", "Bob"]).await;
+    table.clients[0]
+        .send_json(ask("Tell me of the house"))
+        .await;
+    table.clients[1].expect("spirit_thinking").await;
+    let state = table.clients[1].sync(None).await;
+    assert!(
+        ["thinking", "speaking"].contains(&state["spirit"].as_str().unwrap()),
+        "{}",
+        state["spirit"]
+    );
+    table.clients[1].expect("spirit_response").await;
+    let state = table.clients[1].sync(None).await;
+    assert_eq!(state["spirit"], "idle");
+}

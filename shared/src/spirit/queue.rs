@@ -419,6 +419,7 @@ impl SpiritQueue for RedisQueue {
         Ok(match (waiting, state.as_deref()) {
             (0, _) => SpiritState::Idle,
             (_, Some("speaking")) => SpiritState::Speaking,
+            (_, Some("idle")) => SpiritState::Idle,
             _ => SpiritState::Thinking,
         })
     }

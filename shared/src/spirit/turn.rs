@@ -153,6 +153,11 @@ pub async fn answer(app: &App, endpoint: &str, question: &QueuedQuestion) {
         provider = %app.spirit.describe(),
         "the spirit answered"
     );
+    // Done with this one: a sync from now on sees an idle spirit, until the next begins.
+    let _ = app
+        .spirit_queue
+        .set_state(session_id, SpiritState::Idle)
+        .await;
     broadcaster
         .broadcast(
             endpoint,
