@@ -77,3 +77,75 @@ async fn fixture_events_run_through_the_handlers() {
     let done = seance::ws::handle_disconnect(handlers, event(&disconnect)).await;
     assert_eq!(done.status_code, 200);
 }
+
+fn shipped(name: &str, token: &str, connection_id: &str) -> ApiGatewayWebsocketProxyRequest {
+    let path = format!("{}/events/ws/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("TOKEN", token)
+        .replace("CONNECTION_ID", connection_id);
+    serde_json::from_str(&text).expect("the shipped event deserializes")
+}
+
+/// The events in `tests/events/ws/` (the ones the README runs with `cargo lambda invoke`)
+/// do what they say, seen from a real client of the harness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_events_do_what_they_say() {
+    use seance_tests::ws::WsClient;
+    let app = spawn_app(Backend::Postgres).await;
+    let handlers = &app.harness.app;
+    let host = app.create_session(None).await;
+    let sid = host["session"]["id"].as_str().unwrap().to_owned();
+    let mut watcher = WsClient::connect(&app.ws_url(&host)).await.unwrap();
+    watcher.sync(None).await;
+    let bob = app.join_ticket(&sid, "Bob").await;
+    let token = bob["token"].as_str().unwrap();
+    let id = "InvokeTest000A=";
+
+    let refused =
+        seance::ws::handle_connect(handlers, shipped("connect-no-token.json", token, id)).await;
+    assert_eq!(refused.status_code, 401);
+    let connected = seance::ws::handle_connect(handlers, shipped("connect.json", token, id)).await;
+    assert_eq!(connected.status_code, 200);
+    assert_eq!(
+        watcher.expect("user_joined").await["participant"]["display_name"],
+        "Bob"
+    );
+
+    for (name, answered) in [
+        ("typing.json", 200),
+        ("ping.json", 200),
+        ("sync.json", 200),
+        ("default.json", 200),
+    ] {
+        let response = seance::ws::handle_message(handlers, shipped(name, token, id)).await;
+        assert_eq!(response.status_code, answered, "{name}");
+    }
+    assert_eq!(
+        watcher.expect("user_typing").await["participant"]["display_name"],
+        "Bob"
+    );
+    // Pushes to the invented connection id answered 410 at the harness's @connections,
+    // so it was forgotten: Bob left.
+    assert_eq!(
+        watcher.expect("user_left").await["participant"]["display_name"],
+        "Bob"
+    );
+
+    // Connected again, Bob asks through the send-message event; everyone sees the question.
+    assert_eq!(
+        seance::ws::handle_connect(handlers, shipped("connect.json", token, id))
+            .await
+            .status_code,
+        200
+    );
+    let asked = seance::ws::handle_message(handlers, shipped("send-message.json", token, id)).await;
+    assert_eq!(asked.status_code, 200);
+    let received = watcher.expect("message_received").await;
+    assert_eq!(received["message"]["content"], "Is anyone there?");
+    watcher.expect("spirit_response").await;
+
+    let gone = seance::ws::handle_disconnect(handlers, shipped("disconnect.json", token, id)).await;
+    assert_eq!(gone.status_code, 200);
+    assert!(handlers.connections.get(id).await.unwrap().is_none());
+}

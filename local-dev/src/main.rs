@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use seance::config::{Config, Profile};
-use seance::store::{Database, MigrationState};
+use seance::store::{Database, MigrationAction};
 
 const USAGE: &str = "\
 usage:
@@ -99,31 +99,24 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn migrate(config: &Config, command: &Command) -> Result<(), Box<dyn std::error::Error>> {
+    let action = match command {
+        Command::MigrateUp => MigrationAction::Up,
+        Command::MigrateDown => MigrationAction::Down,
+        _ => MigrationAction::Status,
+    };
     let database = Database::connect_lazy(config)?;
-    match command {
-        Command::MigrateUp => {
-            let applied = database.migrate_up().await?;
-            if applied.is_empty() {
-                println!("up to date: no pending migrations");
-            }
-            for version in applied {
-                println!("applied {version:04}");
-            }
-        }
-        Command::MigrateDown => match database.migrate_down().await? {
-            Some(version) => println!("reverted {version:04}"),
-            None => println!("nothing to revert: no migration is applied"),
-        },
-        _ => {
-            for status in database.migration_status().await? {
-                let state = match status.state {
-                    MigrationState::Applied => "applied",
-                    MigrationState::Pending => "pending",
-                };
-                println!("{:04} {:<8} {}", status.version, state, status.description);
-            }
-        }
-    }
+    let report = database.migrate(action).await;
     database.close().await;
+    let report = report?;
+    match action {
+        MigrationAction::Up if report.applied.is_empty() => {
+            println!("up to date: no pending migrations")
+        }
+        MigrationAction::Down if report.reverted.is_empty() => {
+            println!("nothing to revert: no migration is applied")
+        }
+        _ => {}
+    }
+    print!("{report}");
     Ok(())
 }

@@ -125,6 +125,23 @@ impl App {
         Ok((app, database))
     }
 
+    /// Start-up of the `migrate` Lambda: the database pool only.
+    pub fn database_for_lambda() -> Database {
+        let database = Config::from_env(crate::config::Profile::Lambda)
+            .map_err(StartupError::from)
+            .and_then(|config| {
+                crate::telemetry::init(&config.log_level, config.log_format);
+                Database::connect_lazy(&config).map_err(StartupError::from)
+            });
+        match database {
+            Ok(database) => database,
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        }
+    }
+
     pub fn broadcaster(&self) -> Broadcaster {
         Broadcaster {
             connections: self.connections.clone(),

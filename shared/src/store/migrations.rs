@@ -51,13 +51,50 @@ fn migrator(scripts: &[Script]) -> Migrator {
     Migrator::with_migrations(migrations)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `migrate up|down|status` (the harness CLI and the `migrate` Lambda) can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationAction {
+    Up,
+    Down,
+    Status,
+}
+
+/// The outcome, for people (its `Display`) and for the Lambda's JSON answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationReport {
+    pub applied: Vec<i64>,
+    pub reverted: Vec<i64>,
+    pub migrations: Vec<MigrationStatus>,
+}
+
+impl std::fmt::Display for MigrationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for version in &self.applied {
+            writeln!(f, "applied {version:04}")?;
+        }
+        for version in &self.reverted {
+            writeln!(f, "reverted {version:04}")?;
+        }
+        for m in &self.migrations {
+            let state = match m.state {
+                MigrationState::Applied => "applied",
+                MigrationState::Pending => "pending",
+            };
+            writeln!(f, "{:04} {state:<8} {}", m.version, m.description)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MigrationState {
     Applied,
     Pending,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MigrationStatus {
     pub version: i64,
     pub description: String,
@@ -77,6 +114,20 @@ impl Database {
             Self::Postgres(_) => migrator(POSTGRES),
             Self::Sqlite(_) => migrator(SQLITE),
         }
+    }
+
+    /// Runs one migration command and reports the state afterwards.
+    pub async fn migrate(&self, action: MigrationAction) -> Result<MigrationReport, StoreError> {
+        let (applied, reverted) = match action {
+            MigrationAction::Up => (self.migrate_up().await?, Vec::new()),
+            MigrationAction::Down => (Vec::new(), self.migrate_down().await?.into_iter().collect()),
+            MigrationAction::Status => (Vec::new(), Vec::new()),
+        };
+        Ok(MigrationReport {
+            applied,
+            reverted,
+            migrations: self.migration_status().await?,
+        })
     }
 
     /// Applies every pending migration; returns the versions it applied.

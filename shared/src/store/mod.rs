@@ -15,7 +15,7 @@ use crate::domain::{
     DisplayName, MaxParticipants, Message, MessageKind, Participant, Session, SessionName,
 };
 
-pub use migrations::{MigrationState, MigrationStatus};
+pub use migrations::{MigrationAction, MigrationReport, MigrationState, MigrationStatus};
 pub use sql::{Database, PgStore, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
