@@ -552,3 +552,34 @@ async fn session_state_shows_the_spirit_at_work() {
     let state = table.clients[1].sync(None).await;
     assert_eq!(state["spirit"], "idle");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_compatible_model_streams_its_own_answers() {
+    let mock = MockLlm::start(vec![stream(seance_tests::mock_llm::openai_stream(&[
+        "Filed ",
+        "under ",
+        "unfinished.",
+    ]))])
+    .await;
+    let base_url = format!("{}/v1", mock.base_url);
+    let app = spawn_app_configured(Backend::Sqlite, move |config| {
+        config.spirit.provider = SpiritProviderConfig::OpenAi {
+            api_key: None,
+            model: "llama3.2".into(),
+            base_url,
+        };
+    })
+    .await;
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["spirit"], "openai-compatible (llama3.2)");
+    let mut table = table(app, "the-archivist", &["Ada"]).await;
+    table.clients[0].send_json(ask("Where is my letter?")).await;
+    let events = table.clients[0].collect_until("spirit_response", 1).await;
+    assert_eq!(check_transcript(&events)[0].1, "Filed under unfinished.");
+    let sent = &mock.requests()[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert!(
+        sent.headers.get("authorization").is_none(),
+        "no key configured, none sent"
+    );
+}

@@ -115,3 +115,28 @@ fn bad_arguments_and_configuration_get_a_clear_message() {
     );
     assert!(!stderr.contains("short\""), "{stderr}");
 }
+
+#[test]
+fn a_malformed_persona_file_stops_start_up_naming_file_and_field() {
+    let dir = scratch_dir("personas");
+    std::fs::write(
+        dir.join("broken.md"),
+        "---\nid: broken\nname: Broken\ndescription: d\ntemperature: scorching\n---\nbody",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_local-dev"))
+        .args(["--port", "0"])
+        .current_dir(&dir)
+        .env("DATABASE_URL", "sqlite::memory:")
+        .env("SPIRIT_STEERING_DIR", &dir)
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.md") && stderr.contains("temperature"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

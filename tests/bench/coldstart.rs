@@ -7,6 +7,8 @@
 //!
 //!     cargo build --release -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p migrate
 //!     cargo run --release -p seance-tests --bin bench-coldstart [-- RUNS]
+//!
+//! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -113,7 +115,8 @@ async fn main() {
     let bin_dir = std::env::var("BENCH_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target/release"));
-    let database_url = seance_tests::fresh_postgres_url().await;
+    let database_url = seance_tests::fresh_postgres_url().await
+        + &std::env::var("BENCH_DATABASE_PARAMS").unwrap_or_default();
     let redis_url = seance_tests::redis_url();
     {
         let config = seance_tests::test_config(&database_url, None);
