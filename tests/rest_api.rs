@@ -5,11 +5,10 @@
 use chrono::Utc;
 use seance::auth::{AUDIENCE, Claims, ISSUER, TokenKeys};
 use seance::config::{JwtSecret, Secret};
-use seance::domain::{MessageKind, Role};
-use seance::store::NewMessage;
+use seance::domain::Role;
 use seance_tests::{
-    Backend, TEST_JWT_SECRET, TestApp, expect_error, keys, spawn_app, spawn_app_with,
-    status_and_body, test_config,
+    Backend, TEST_JWT_SECRET, TestApp, expect_error, keys, seed_questions, spawn_app,
+    spawn_app_with, status_and_body, test_config,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -159,22 +158,11 @@ async fn messages_page_through_history(backend: Backend) {
     let token = created["token"].as_str().unwrap();
     let host: seance::domain::Participant =
         serde_json::from_value(created["participant"].clone()).unwrap();
-    let store = app.store();
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let q = store
-            .add_message(NewMessage {
-                id: None,
-                session_id: sid,
-                kind: MessageKind::Question,
-                author: Some(host.clone()),
-                content: format!("question {i}"),
-                in_reply_to: None,
-            })
-            .await
-            .unwrap();
-        ids.push(q.id.to_string());
-    }
+    let ids: Vec<String> = seed_questions(&app.store(), sid, &host, 5, "question ")
+        .await
+        .iter()
+        .map(|m| m.id.to_string())
+        .collect();
     let path = format!("/api/sessions/{sid}/messages");
     let (status, page) =
         status_and_body(app.get_with_token(&format!("{path}?limit=2"), token).await).await;

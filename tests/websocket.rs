@@ -9,10 +9,11 @@ use chrono::Utc;
 use seance::auth::{Claims, TokenKeys};
 use seance::config::{JwtSecret, Secret};
 use seance::connections::Connection;
-use seance::domain::{MessageKind, Participant};
-use seance::store::NewMessage;
+use seance::domain::Participant;
 use seance_tests::ws::WsClient;
-use seance_tests::{Backend, TEST_JWT_SECRET, TestApp, keys, spawn_app, spawn_app_configured};
+use seance_tests::{
+    Backend, TEST_JWT_SECRET, TestApp, keys, seed_questions, spawn_app, spawn_app_configured,
+};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -508,22 +509,11 @@ async fn sync_after_resumes_without_gaps(backend: Backend) {
     let mut room = room(spawn_app(backend).await).await;
     let sid: Uuid = room.sid.parse().unwrap();
     let host: Participant = serde_json::from_value(room.ticket["participant"].clone()).unwrap();
-    let store = room.app.store();
-    let mut ids = Vec::new();
-    for i in 0..105 {
-        let message = store
-            .add_message(NewMessage {
-                id: None,
-                session_id: sid,
-                kind: MessageKind::Question,
-                author: Some(host.clone()),
-                content: format!("q{i}"),
-                in_reply_to: None,
-            })
-            .await
-            .unwrap();
-        ids.push(message.id.to_string());
-    }
+    let ids: Vec<String> = seed_questions(&room.app.store(), sid, &host, 105, "q")
+        .await
+        .iter()
+        .map(|m| m.id.to_string())
+        .collect();
     let state = room.host.sync(None).await;
     let latest: Vec<&str> = state["messages"]
         .as_array()
@@ -700,7 +690,11 @@ async fn the_connections_endpoint_speaks_the_management_api() {
             .json()
             .await
             .unwrap();
-        assert_eq!(keys(&info), ["ConnectedAt", "Identity", "LastActiveAt"]);
+        assert_eq!(
+            keys(&info),
+            ["ConnectedAt", "Identity", "LastActiveAt"],
+            "{info}"
+        );
         assert_eq!(info["Identity"]["SourceIp"], "127.0.0.1");
         let posted = room
             .app

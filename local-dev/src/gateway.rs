@@ -134,11 +134,17 @@ fn as_lambda_event(event: &Value) -> Option<ApiGatewayWebsocketProxyRequest> {
     }
 }
 
-/// API Gateway's connection ids: 16 characters of base64 ending in `=`.
+/// API Gateway's connection ids: 16 characters ending in `=` (letters and digits before
+/// it, so an id is always one path segment of `@connections/{id}`).
 pub fn new_connection_id() -> String {
-    use base64::Engine;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    base64::engine::general_purpose::STANDARD.encode(&bytes[..11])
+    let mut id: String = bytes[..15]
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    id.push('=');
+    id
 }
 
 fn request_id() -> String {
@@ -521,10 +527,13 @@ mod tests {
 
     #[test]
     fn connection_ids_look_like_api_gateways() {
-        let id = new_connection_id();
-        assert_eq!(id.len(), 16);
-        assert!(id.ends_with('='));
-        assert_ne!(new_connection_id(), id);
+        for _ in 0..1000 {
+            let id = new_connection_id();
+            assert_eq!(id.len(), 16);
+            assert!(id.ends_with('='));
+            assert!(id[..15].chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+            assert_ne!(new_connection_id(), id);
+        }
     }
 
     #[test]

@@ -63,6 +63,17 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), ConnectionStoreError>;
 }
 
+impl Presence {
+    /// A change crosses the boundary when the participant has no other connection.
+    fn crossed_unless(has_others: bool) -> Self {
+        if has_others {
+            Self::Unchanged
+        } else {
+            Self::Changed
+        }
+    }
+}
+
 /// API Gateway closes every connection after 2 hours; keep records a little longer.
 pub const DEFAULT_CONNECTION_TTL: Duration = Duration::from_secs(2 * 3600 + 600);
 
@@ -113,11 +124,7 @@ impl ConnectionStore for InProcessConnections {
                 && c.connection_id != connection.connection_id
         });
         map.insert(connection.connection_id.clone(), connection.clone());
-        Ok(if others {
-            Presence::Unchanged
-        } else {
-            Presence::Changed
-        })
+        Ok(Presence::crossed_unless(others))
     }
 
     async fn remove(
@@ -132,11 +139,7 @@ impl ConnectionStore for InProcessConnections {
         let others = map.values().any(|c| {
             c.session_id == removed.session_id && c.participant.id == removed.participant.id
         });
-        let presence = if others {
-            Presence::Unchanged
-        } else {
-            Presence::Changed
-        };
+        let presence = Presence::crossed_unless(others);
         Ok(Some((removed, presence)))
     }
 
@@ -293,11 +296,7 @@ impl ConnectionStore for RedisConnections {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
-        Ok(if others == 0 {
-            Presence::Changed
-        } else {
-            Presence::Unchanged
-        })
+        Ok(Presence::crossed_unless(others > 0))
     }
 
     async fn remove(
@@ -325,11 +324,7 @@ impl ConnectionStore for RedisConnections {
             None => Ok(None),
             Some((stored, others)) => Ok(Some((
                 decode(&stored)?,
-                if others == 0 {
-                    Presence::Changed
-                } else {
-                    Presence::Unchanged
-                },
+                Presence::crossed_unless(others > 0),
             ))),
         }
     }

@@ -209,6 +209,33 @@ impl TestApp {
     }
 }
 
+/// Stores `count` questions by `author` straight into the store (as the WebSocket route
+/// would), oldest first; their contents are `{prefix}{i}`.
+pub async fn seed_questions(
+    store: &seance::store::DynStore,
+    session_id: Uuid,
+    author: &seance::domain::Participant,
+    count: usize,
+    prefix: &str,
+) -> Vec<seance::domain::Message> {
+    let mut stored = Vec::with_capacity(count);
+    for i in 0..count {
+        let message = store
+            .add_message(seance::store::NewMessage {
+                id: None,
+                session_id,
+                kind: seance::domain::MessageKind::Question,
+                author: Some(author.clone()),
+                content: format!("{prefix}{i}"),
+                in_reply_to: None,
+            })
+            .await
+            .expect("store a question");
+        stored.push(message);
+    }
+    stored
+}
+
 /// The status and the parsed body, asserting the protocol's error shape when it is an error.
 pub async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
