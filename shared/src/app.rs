@@ -50,20 +50,10 @@ impl App {
     /// logs, then the state. A bad configuration prints one clear line naming the variable
     /// and exits, so the function fails its init instead of serving half-configured.
     pub fn for_lambda() -> Self {
-        let built = Config::from_env(crate::config::Profile::Lambda)
-            .map_err(StartupError::from)
-            .and_then(|config| {
-                crate::telemetry::init(&config.log_level, config.log_format);
-                let websocket_url = config.public_ws_url.clone().unwrap_or_default();
-                Self::build(config, &websocket_url)
-            });
-        match built {
-            Ok((app, _database)) => app,
-            Err(err) => {
-                eprintln!("error: {err}");
-                std::process::exit(1);
-            }
-        }
+        lambda_start_up(|config| {
+            let websocket_url = config.public_ws_url.clone().unwrap_or_default();
+            Self::build(config, &websocket_url).map(|(app, _database)| app)
+        })
     }
 
     /// Builds the state without touching the network: pools connect on first use.
@@ -127,19 +117,7 @@ impl App {
 
     /// Start-up of the `migrate` Lambda: the database pool only.
     pub fn database_for_lambda() -> Database {
-        let database = Config::from_env(crate::config::Profile::Lambda)
-            .map_err(StartupError::from)
-            .and_then(|config| {
-                crate::telemetry::init(&config.log_level, config.log_format);
-                Database::connect_lazy(&config).map_err(StartupError::from)
-            });
-        match database {
-            Ok(database) => database,
-            Err(err) => {
-                eprintln!("error: {err}");
-                std::process::exit(1);
-            }
-        }
+        lambda_start_up(|config| Database::connect_lazy(&config).map_err(StartupError::from))
     }
 
     pub fn broadcaster(&self) -> Broadcaster {
@@ -165,6 +143,24 @@ impl App {
             format!("http://{rest}")
         } else {
             ws.to_owned()
+        }
+    }
+}
+
+/// Configuration (Lambda profile), logs, then `build`; on any error one clear line and
+/// exit 1, so the function fails its init rather than serving half-configured.
+fn lambda_start_up<T>(build: impl FnOnce(Config) -> Result<T, StartupError>) -> T {
+    let built = Config::from_env(crate::config::Profile::Lambda)
+        .map_err(StartupError::from)
+        .and_then(|config| {
+            crate::telemetry::init(&config.log_level, config.log_format);
+            build(config)
+        });
+    match built {
+        Ok(value) => value,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(1);
         }
     }
 }
