@@ -12,7 +12,8 @@ use seance::connections::Connection;
 use seance::domain::Participant;
 use seance_tests::ws::WsClient;
 use seance_tests::{
-    Backend, TEST_JWT_SECRET, TestApp, keys, seed_questions, spawn_app, spawn_app_configured,
+    Backend, TEST_JWT_SECRET, TestApp, keys, message_ids, seed_questions, spawn_app,
+    spawn_app_configured,
 };
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -515,41 +516,16 @@ async fn sync_after_resumes_without_gaps(backend: Backend) {
         .map(|m| m.id.to_string())
         .collect();
     let state = room.host.sync(None).await;
-    let latest: Vec<&str> = state["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        latest,
-        ids[85..].iter().map(String::as_str).collect::<Vec<_>>(),
-        "the last 20, oldest first"
-    );
+    let latest = message_ids(&state["messages"]);
+    assert_eq!(latest, ids[85..], "the last 20, oldest first");
 
     let first = room.host.sync(Some(&ids[0])).await;
-    let page: Vec<&str> = first["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        page,
-        ids[1..101].iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    let page = message_ids(&first["messages"]);
+    assert_eq!(page, ids[1..101]);
     assert_eq!(first["has_more"], true);
     let rest = room.host.sync(Some(page.last().unwrap())).await;
-    let page: Vec<&str> = rest["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        page,
-        ids[101..].iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    let page = message_ids(&rest["messages"]);
+    assert_eq!(page, ids[101..]);
     assert_eq!(rest["has_more"], false);
 
     // A client that dropped and reconnects asks for what it missed.

@@ -260,6 +260,21 @@ impl RedisConnections {
     async fn connection(&self) -> Result<redis::aio::ConnectionManager, ConnectionStoreError> {
         self.redis.connection().await.map_err(redis_err)
     }
+
+    /// The session a connection belongs to, read with `GET`, or taken with `GETDEL`.
+    async fn session_of(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        command: &str,
+        connection_id: &str,
+    ) -> Result<Option<Uuid>, ConnectionStoreError> {
+        let session: Option<String> = redis::cmd(command)
+            .arg(self.conn_key(connection_id))
+            .query_async(conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(session.and_then(|s| Uuid::parse_str(&s).ok()))
+    }
 }
 
 fn decode(stored: &str) -> Result<Connection, ConnectionStoreError> {
@@ -304,12 +319,7 @@ impl ConnectionStore for RedisConnections {
         connection_id: &str,
     ) -> Result<Option<(Connection, Presence)>, ConnectionStoreError> {
         let mut conn = self.connection().await?;
-        let session: Option<String> = redis::cmd("GETDEL")
-            .arg(self.conn_key(connection_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        let Some(session_id) = session.and_then(|s| Uuid::parse_str(&s).ok()) else {
+        let Some(session_id) = self.session_of(&mut conn, "GETDEL", connection_id).await? else {
             return Ok(None);
         };
         let removed: Option<(String, i64)> = redis::Script::new(REMOVE_SCRIPT)
@@ -331,12 +341,7 @@ impl ConnectionStore for RedisConnections {
 
     async fn get(&self, connection_id: &str) -> Result<Option<Connection>, ConnectionStoreError> {
         let mut conn = self.connection().await?;
-        let session: Option<String> = redis::cmd("GET")
-            .arg(self.conn_key(connection_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        let Some(session_id) = session.and_then(|s| Uuid::parse_str(&s).ok()) else {
+        let Some(session_id) = self.session_of(&mut conn, "GET", connection_id).await? else {
             return Ok(None);
         };
         let stored: Option<String> = redis::cmd("HGET")

@@ -266,6 +266,16 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
     body["error"].clone()
 }
 
+/// The `id`s of a JSON list of messages (`session_state.messages`, a REST page), in order.
+pub fn message_ids(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("a message id").to_owned())
+        .collect()
+}
+
 /// The sorted keys of a JSON object.
 pub fn keys(value: &Value) -> Vec<String> {
     let mut keys: Vec<String> = value
