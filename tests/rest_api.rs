@@ -685,6 +685,52 @@ async fn oversized_bodies_are_a_413() {
 }
 
 #[tokio::test]
+async fn creating_and_joining_are_rate_limited_per_client() {
+    let mut config = test_config("sqlite::memory:", None);
+    config.rest_burst = 3;
+    config.rest_interval = std::time::Duration::from_secs(60);
+    let app = spawn_app_with(config).await;
+    let created = app.create_session(None).await;
+    let sid = created["session"]["id"].as_str().unwrap();
+    assert_eq!(app.join(sid, "Bob").await.status(), 200);
+    assert_eq!(app.join(sid, "Cy").await.status(), 200);
+    let refused = app.join(sid, "Dee").await;
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    expect_error(refused, 429, "rate_limited").await;
+    expect_error(
+        app.post("/api/sessions", json!({"name": "n", "host_name": "h"}))
+            .await,
+        429,
+        "rate_limited",
+    )
+    .await;
+    let (_, session) = status_and_body(app.get(&format!("/api/sessions/{sid}")).await).await;
+    assert_eq!(
+        session["participant_count"], 3,
+        "the refused join took no seat"
+    );
+    // Reads are not limited, and another client (as API Gateway names it) has its own quota.
+    assert_eq!(app.get(&format!("/api/sessions/{sid}")).await.status(), 200);
+    let other = app
+        .client
+        .post(app.url("/api/sessions"))
+        .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
+        .json(&json!({"name": "n", "host_name": "h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 201);
+}
+
+#[tokio::test]
 async fn health_is_503_when_a_part_is_down() {
     // Nothing listens on port 1: Redis is down.
     let app = spawn_app_with(test_config("sqlite::memory:", Some("redis://127.0.0.1:1"))).await;

@@ -134,6 +134,10 @@ pub struct Config {
     /// Questions per participant: a burst, then one per interval (default 3, then 1 per 3 s).
     pub message_burst: u32,
     pub message_interval: Duration,
+    /// Session creations and joins per client address: a burst, then one per interval
+    /// (`REST_RATE_BURST` 30, `REST_RATE_INTERVAL` 2 s); beyond it, 429 with Retry-After.
+    pub rest_burst: u32,
+    pub rest_interval: Duration,
     /// At most one `typing` a participant per this interval is passed on (default 1 s).
     pub typing_interval: Duration,
     /// How long a connection record outlives a lost `$disconnect` (default 2 h 10 min).
@@ -376,6 +380,8 @@ impl Config {
             max_content_chars: parse_num(&get, "MAX_CONTENT_CHARS", 500, 1, 10_000)?,
             max_frame_bytes: parse_num(&get, "MAX_FRAME_BYTES", 32 * 1024, 1024, 128 * 1024)?,
             message_burst: parse_num(&get, "MESSAGE_RATE_BURST", 3, 1, 1000)?,
+            rest_burst: parse_num(&get, "REST_RATE_BURST", 30, 1, 1_000_000)?,
+            rest_interval: duration("REST_RATE_INTERVAL", Duration::from_secs(2))?,
             message_interval: duration("MESSAGE_RATE_INTERVAL", Duration::from_secs(3))?,
             typing_interval: duration("TYPING_INTERVAL", Duration::from_secs(1))?,
             connection_ttl: duration("CONNECTION_TTL", Duration::from_secs(2 * 3600 + 600))?,
@@ -407,6 +413,13 @@ impl Config {
         crate::ratelimit::RateLimit {
             interval: Duration::from_secs(3600) / per_hour,
             burst: per_hour,
+        }
+    }
+
+    pub fn rest_write_limit(&self) -> crate::ratelimit::RateLimit {
+        crate::ratelimit::RateLimit {
+            interval: self.rest_interval,
+            burst: self.rest_burst,
         }
     }
 

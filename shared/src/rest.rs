@@ -174,6 +174,48 @@ impl FromRequestParts<App> for Bearer {
     }
 }
 
+/// One request's worth of the per-client quota for writes (creating and joining sessions):
+/// 429 with `Retry-After` beyond it. The client is the last `X-Forwarded-For` entry (the
+/// one API Gateway appends), else the TCP peer, so a client cannot pick its own bucket.
+pub struct WriteQuota;
+
+impl FromRequestParts<App> for WriteQuota {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let client = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(|ip| ip.trim().to_owned())
+            .filter(|ip| !ip.is_empty())
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|info| info.0.ip().to_string())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let key = format!("rest-write:{client}");
+        match app
+            .limiter
+            .acquire(&key, app.config.rest_write_limit())
+            .await
+        {
+            Ok(crate::ratelimit::Decision::Allowed) => Ok(Self),
+            Ok(crate::ratelimit::Decision::RetryAfter(wait)) => Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            }),
+            Err(err) => {
+                // Better to let a séance start than to refuse everyone while Redis blinks.
+                tracing::warn!(%err, "rate limiter unavailable; letting the request through");
+                Ok(Self)
+            }
+        }
+    }
+}
+
 /// A session id from the path: anything that is not a UUID names no session.
 fn session_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("no session has this id"))
@@ -301,9 +343,10 @@ pub async fn list_personas(State(app): State<App>) -> axum::Json<PersonasBody> {
 #[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = CreateSessionBody,
     responses((status = 201, body = SessionTicket), (status = 400, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_session(
     State(app): State<App>,
+    _quota: WriteQuota,
     JsonBody(body): JsonBody<CreateSessionBody>,
 ) -> Result<(StatusCode, axum::Json<SessionTicket>), ApiError> {
     let name = SessionName::parse(&body.name)?;
@@ -348,9 +391,11 @@ pub async fn create_session(
     params(("id" = Uuid, Path, description = "The session id")),
     responses((status = 200, body = SessionTicket), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 pub async fn join_session(
     State(app): State<App>,
+    _quota: WriteQuota,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<JoinSessionBody>,
 ) -> Result<axum::Json<SessionTicket>, ApiError> {

@@ -26,6 +26,7 @@ async fn main() {
     let redis = std::env::var("BENCH_REDIS_URL").ok();
     let mut config = test_config(&database, redis.as_deref());
     config.message_burst = 1_000_000;
+    config.rest_burst = 1_000_000;
     config.message_interval = Duration::from_millis(1);
     // Every question is answered by the spirit too; keep it quick and never busy, and let
     // each answer finish before the next round (see below).
