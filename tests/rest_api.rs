@@ -216,18 +216,8 @@ async fn messages_page_through_history(backend: Backend) {
     assert_eq!(all["messages"].as_array().unwrap().len(), 5);
 }
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-    };
-}
-
-on_both_databases!(
+seance_tests::on_both_backends!(
+    postgres, sqlite:
     walkthrough,
     health_reports_each_part,
     messages_page_through_history

@@ -367,18 +367,8 @@ async fn two_answerers_on_one_redis_take_turns() {
     assert_eq!(check_transcript(&first), answers);
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod in_process {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_stores!(
+seance_tests::on_both_backends!(
+    redis, in_process:
     questions_are_answered_one_at_a_time_in_order,
     yes_no_goodbye_and_names_go_where_they_should
 );

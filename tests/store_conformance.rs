@@ -338,18 +338,8 @@ async fn migrations_are_reversible(backend: Backend) {
     store.create_session(new_session(8)).await.unwrap();
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-    };
-}
-
-conformance!(
+seance_tests::on_both_backends!(
+    postgres, sqlite:
     creating_a_session_seats_the_host,
     joins_take_the_next_seat_up_to_the_cap,
     two_joins_racing_for_the_last_seat_have_one_winner,

@@ -610,18 +610,8 @@ async fn idle_sockets_are_closed(backend: Backend) {
     assert_eq!(left["participant"], bob_ticket["participant"]);
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod in_process {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_stores!(
+seance_tests::on_both_backends!(
+    redis, in_process:
     sync_answers_with_the_whole_state,
     ping_gets_pong,
     refused_handshakes_open_nothing,

@@ -51,6 +51,27 @@ pub fn fresh_sqlite_url() -> String {
     format!("sqlite:{}", path.display())
 }
 
+/// Runs each named `async fn(Backend)` as two tests: in module `$postgres` on
+/// PostgreSQL (with Redis, where the harness is involved) and in module `$sqlite` on
+/// SQLite (with the in-process stores).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($postgres:ident, $sqlite:ident: $($name:ident),* $(,)?) => {
+        mod $postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::Backend::Postgres).await
+            })*
+        }
+        mod $sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::Backend::Sqlite).await
+            })*
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
