@@ -192,45 +192,54 @@ struct Stored {
     connected_at_ms: i64,
 }
 
-// KEYS[1] session hash. ARGV: connection id, stored JSON, participant id, now ms, ttl ms.
-// Drops expired entries, counts the participant's other connections, records this one.
-const ADD_SCRIPT: &str = r"
-local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local all = redis.call('HGETALL', KEYS[1])
-local others = 0
-for i = 1, #all, 2 do
-  local c = cjson.decode(all[i + 1])
-  if now - c.connected_at_ms > ttl then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif c.participant.id == ARGV[3] and all[i] ~= ARGV[1] then
-    others = others + 1
+// Shared by both scripts: drops the session's expired connections and counts the live
+// ones of participant `pid`, leaving out connection `except` (false for none).
+macro_rules! prune_and_count_lua {
+    () => {
+        r"
+local function prune_and_count(key, now, ttl, pid, except)
+  local all = redis.call('HGETALL', key)
+  local others = 0
+  for i = 1, #all, 2 do
+    local c = cjson.decode(all[i + 1])
+    if now - c.connected_at_ms > ttl then
+      redis.call('HDEL', key, all[i])
+    elseif c.participant.id == pid and all[i] ~= except then
+      others = others + 1
+    end
   end
+  return others
 end
+"
+    };
+}
+
+// KEYS[1] session hash. ARGV: connection id, stored JSON, participant id, now ms, ttl ms.
+// Counts the participant's other connections, then records this one.
+const ADD_SCRIPT: &str = concat!(
+    prune_and_count_lua!(),
+    r"
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local others = prune_and_count(KEYS[1], now, ttl, ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ttl)
 return others
-";
+"
+);
 
 // KEYS[1] session hash. ARGV: connection id, now ms, ttl ms.
 // Returns {stored JSON, other connections of that participant} or nil when unknown.
-const REMOVE_SCRIPT: &str = r"
+const REMOVE_SCRIPT: &str = concat!(
+    prune_and_count_lua!(),
+    r"
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then return nil end
 redis.call('HDEL', KEYS[1], ARGV[1])
 local pid = cjson.decode(stored).participant.id
-local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local all = redis.call('HGETALL', KEYS[1])
-local others = 0
-for i = 1, #all, 2 do
-  local c = cjson.decode(all[i + 1])
-  if now - c.connected_at_ms > ttl then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif c.participant.id == pid then
-    others = others + 1
-  end
-end
+local others = prune_and_count(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), pid, false)
 return {stored, others}
-";
+"
+);
 
 fn redis_err(err: impl std::fmt::Display) -> ConnectionStoreError {
     ConnectionStoreError(err.to_string())
