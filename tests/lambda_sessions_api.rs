@@ -24,6 +24,10 @@ impl Lambda {
             ("REDIS_URL", redis_url().as_str()),
             ("JWT_SECRET", TEST_JWT_SECRET),
             ("PUBLIC_WS_URL", "wss://ws.example.test/prod"),
+            (
+                "SPIRIT_QUEUE_URL",
+                "https://sqs.us-east-1.amazonaws.com/123456789012/seance-spirit.fifo",
+            ),
             ("LOG_LEVEL", "warn"),
         ]
         .into_iter()
@@ -157,6 +161,10 @@ fn the_lambda_profile_refuses_a_short_secret() {
         ("REDIS_URL", "redis://cache"),
         ("JWT_SECRET", "too-short"),
         ("PUBLIC_WS_URL", "wss://x/prod"),
+        (
+            "SPIRIT_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/seance-spirit.fifo",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

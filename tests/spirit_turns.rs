@@ -312,14 +312,16 @@ async fn yes_no_goodbye_and_names_go_where_they_should(backend: Backend) {
     );
 }
 
-/// Two ws-message "Lambda instances" on one Redis: the harness, and a second App built
-/// from the same configuration that pushes through the harness's @connections.
-async fn two_answerers_on_one_redis_take_turns() {
+/// Two ws-message "Lambda instances" on one database, Redis and queue: the harness, and a
+/// second App built from the same configuration that pushes through the harness's
+/// @connections and sends to the harness's queue.
+async fn two_instances_on_one_queue_take_turns() {
     let app = oracle_app(Backend::Postgres).await;
     let mut table = table(app, "the-archivist", &["Ada", "Bob", "Cy"]).await;
     let config = (*table.app.harness.app.config).clone();
     let websocket_url = table.app.harness.app.websocket_url.to_string();
-    let (second, _db) = seance::App::build(config, &websocket_url).unwrap();
+    let (mut second, _db) = seance::App::build(config, &websocket_url).unwrap();
+    second.questions = table.app.harness.fifo.clone().unwrap();
     let sid: uuid::Uuid = table.sid.parse().unwrap();
     let connections = table
         .app
@@ -374,8 +376,8 @@ seance_tests::on_both_backends!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_answerers_sharing_redis() {
-    two_answerers_on_one_redis_take_turns().await;
+async fn two_ws_message_instances_sharing_one_queue() {
+    two_instances_on_one_queue_take_turns().await;
 }
 
 async fn gemini_app(mock: &MockLlm, deadline: Duration) -> TestApp {

@@ -321,6 +321,7 @@ async fn migrations_are_reversible(backend: Backend) {
             .iter()
             .all(|m| m.state == seance::store::MigrationState::Applied)
     );
+    assert_eq!(db.migrate_down().await.unwrap(), Some(2));
     assert_eq!(db.migrate_down().await.unwrap(), Some(1));
     assert!(
         store.session(Uuid::new_v4()).await.is_err(),
@@ -333,7 +334,7 @@ async fn migrations_are_reversible(backend: Backend) {
             .all(|m| m.state == seance::store::MigrationState::Pending)
     );
     assert_eq!(db.migrate_down().await.unwrap(), None);
-    assert_eq!(db.migrate_up().await.unwrap(), vec![1]);
+    assert_eq!(db.migrate_up().await.unwrap(), vec![1, 2]);
     assert!(db.migrate_up().await.unwrap().is_empty());
     store.create_session(new_session(8)).await.unwrap();
 }

@@ -45,9 +45,26 @@ struct Socket {
     user_agent: String,
 }
 
+/// What a message route invokes: `seance::ws::handle_message`, unless a test swaps in a
+/// slow or failing one to see what API Gateway then sends.
+pub type MessageHandler = Arc<
+    dyn Fn(
+            App,
+            ApiGatewayWebsocketProxyRequest,
+        ) -> futures_util::future::BoxFuture<'static, ApiGatewayProxyResponse>
+        + Send
+        + Sync,
+>;
+
+fn production_handler() -> MessageHandler {
+    Arc::new(|app, event| Box::pin(async move { seance::ws::handle_message(&app, event).await }))
+}
+
 /// The emulator's state: the app whose handlers it calls, and the open sockets.
 pub struct Gateway {
     app: App,
+    message_handler: std::sync::RwLock<MessageHandler>,
+    integration_timeout: Duration,
     domain_name: String,
     sockets: Mutex<HashMap<String, Socket>>,
     idle_timeout: Duration,
@@ -59,6 +76,8 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(app: App, addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
+            message_handler: std::sync::RwLock::new(production_handler()),
+            integration_timeout: app.config.ws_integration_timeout,
             idle_timeout: app.config.ws_idle_timeout,
             max_lifetime: app.config.ws_max_lifetime,
             app,
@@ -72,6 +91,28 @@ impl Gateway {
         self.sockets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the handler of the message routes (for tests of the gateway itself).
+    pub fn replace_message_handler(&self, handler: MessageHandler) {
+        *self
+            .message_handler
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handler;
+    }
+
+    fn message_handler(&self) -> MessageHandler {
+        self.message_handler
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends one frame to a socket, as API Gateway does with its own messages.
+    fn send_frame(&self, connection_id: &str, frame: &Value) {
+        if let Some(socket) = self.sockets().get(connection_id) {
+            let _ = socket.outbound.send(Outbound::Text(frame.to_string()));
+        }
     }
 
     /// How many sockets are open.
@@ -328,7 +369,7 @@ async fn run_socket(
                     let (source_ip, user_agent) = (source_ip.clone(), user_agent.clone());
                     // API Gateway invokes the integration per message, concurrently.
                     tokio::spawn(async move {
-                        route_message(&gateway, &connection_id, text.as_str(), connected_at, &source_ip, &user_agent).await;
+                        route_message(gateway, connection_id, text.as_str(), connected_at, &source_ip, &user_agent).await;
                     });
                 }
                 Some(Ok(Message::Binary(_))) => {
@@ -401,16 +442,20 @@ pub fn route_key(body: &str) -> &'static str {
         .unwrap_or("$default")
 }
 
+/// Invokes the message route's integration as API Gateway does: a handler that has not
+/// returned within the integration timeout (29 s on AWS, fixed) gets the client API
+/// Gateway's own timeout frame while the handler runs on; a handler that fails (here: a
+/// panic) gets its `Internal server error` frame. Neither frame is the protocol's.
 async fn route_message(
-    gateway: &Gateway,
-    connection_id: &str,
+    gateway: Arc<Gateway>,
+    connection_id: String,
     body: &str,
     connected_at: DateTime<Utc>,
     source_ip: &str,
     user_agent: &str,
 ) {
     let mut context = gateway.request_context(
-        connection_id,
+        &connection_id,
         route_key(body),
         "MESSAGE",
         connected_at,
@@ -418,10 +463,28 @@ async fn route_message(
         user_agent,
     );
     context["messageId"] = json!(request_id());
+    let request_id = context["requestId"].clone();
     let event = json!({"requestContext": context, "body": body, "isBase64Encoded": false});
-    if let Some(event) = as_lambda_event(&event) {
-        seance::ws::handle_message(&gateway.app, event).await;
-    }
+    let Some(event) = as_lambda_event(&event) else {
+        return;
+    };
+    let handler = gateway.message_handler();
+    let mut invocation = tokio::spawn(handler(gateway.app.clone(), event));
+    let failure = match tokio::time::timeout(gateway.integration_timeout, &mut invocation).await {
+        Ok(Ok(_response)) => return,
+        Ok(Err(err)) => {
+            tracing::error!(%err, %connection_id, "the message handler failed");
+            "Internal server error"
+        }
+        Err(_) => {
+            tracing::warn!(%connection_id, timeout = ?gateway.integration_timeout, "the message handler passed the integration timeout; it runs on");
+            "Endpoint request timed out"
+        }
+    };
+    gateway.send_frame(
+        &connection_id,
+        &json!({"message": failure, "connectionId": connection_id, "requestId": request_id}),
+    );
 }
 
 // ---------------------------------------------------------------------------------------

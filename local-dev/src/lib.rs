@@ -3,6 +3,7 @@
 //! WebSocket API (`gateway`), served on one port with embedded defaults (SQLite,
 //! in-process stores, an ephemeral JWT secret).
 
+pub mod event_source;
 pub mod gateway;
 
 use std::future::Future;
@@ -39,6 +40,10 @@ pub struct Harness {
     pub app: App,
     pub database: Database,
     pub gateway: Arc<gateway::Gateway>,
+    /// The harness's own spirit queue, when no `SPIRIT_QUEUE_URL` is set.
+    pub fifo: Option<Arc<event_source::InProcessFifo>>,
+    /// Feeds queued questions to the spirit; stops with the harness.
+    _event_source: Option<event_source::AbortOnDrop>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), std::io::Error>>,
 }
@@ -71,15 +76,38 @@ impl Harness {
     }
 }
 
+/// What a harness runs besides the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Feed the spirit's queue to the spirit, as Lambda's event source mapping does. Off
+    /// only for tests that play the mapping themselves.
+    pub event_source: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { event_source: true }
+    }
+}
+
 /// Binds `127.0.0.1:{config.port}` (0 picks a free port), applies pending migrations and
 /// starts serving in the background.
 pub async fn spawn(config: Config) -> Result<Harness, HarnessError> {
-    spawn_with_shutdown(config, std::future::pending()).await
+    spawn_with(config, Options::default(), std::future::pending()).await
 }
 
 /// As [`spawn`], also stopping when `signal` completes (Ctrl-C in the binary).
 pub async fn spawn_with_shutdown(
     config: Config,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<Harness, HarnessError> {
+    spawn_with(config, Options::default(), signal).await
+}
+
+/// As [`spawn_with_shutdown`], with [`Options`].
+pub async fn spawn_with(
+    config: Config,
+    options: Options,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Harness, HarnessError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
@@ -103,11 +131,38 @@ pub async fn spawn_with_shutdown(
             "JWT_SECRET is not set: using an ephemeral secret, so every token dies with this process"
         );
     }
-    let (app, database) = App::build(config, &websocket_url)?;
+    let (mut app, database) = App::build(config, &websocket_url)?;
     let applied = database.migrate_up().await?;
     if !applied.is_empty() {
         tracing::info!(?applied, "applied pending migrations");
     }
+    let spirit = &app.config.spirit;
+    let (fifo, event_source) = match &spirit.queue_url {
+        Some(url) => {
+            let client = seance::spirit::queue::sqs_client(
+                &app.config.aws_region,
+                spirit.sqs_endpoint.as_deref(),
+                seance::push::AwsCredentials::for_harness(),
+            );
+            let source = event_source::SqsEventSource::new(client, url, spirit.function_timeout);
+            tracing::info!(queue_url = %url, "the spirit listens on SQS");
+            (
+                None,
+                options
+                    .event_source
+                    .then(|| source.start(app.spirit_worker())),
+            )
+        }
+        None => {
+            let fifo = event_source::InProcessFifo::new(spirit.visibility_timeout);
+            let function_timeout = spirit.function_timeout;
+            app.questions = fifo.clone();
+            let started = options
+                .event_source
+                .then(|| fifo.start(app.spirit_worker(), function_timeout));
+            (Some(fifo), started)
+        }
+    };
     let gateway = gateway::Gateway::new(app.clone(), addr);
     let router = seance::rest::router(app.clone()).merge(gateway::router(gateway.clone()));
     let (stop, stopped) = oneshot::channel::<()>();
@@ -134,6 +189,8 @@ pub async fn spawn_with_shutdown(
         app,
         database,
         gateway,
+        fifo,
+        _event_source: event_source,
         stop: Some(stop),
         server,
     })

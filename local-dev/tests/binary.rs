@@ -86,11 +86,21 @@ fn migrate_commands_apply_list_and_revert() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert!(run(&["migrate", "status"]).contains("0001 pending  init"));
-    assert!(run(&["migrate", "up"]).contains("applied 0001"));
+    let up = run(&["migrate", "up"]);
+    assert!(
+        up.contains("applied 0001") && up.contains("applied 0002"),
+        "{up}"
+    );
     assert!(run(&["migrate", "up"]).contains("up to date"));
-    assert!(run(&["migrate", "status"]).contains("0001 applied  init"));
+    let status = run(&["migrate", "status"]);
+    assert!(status.contains("0001 applied  init"), "{status}");
+    assert!(status.contains("0002 applied  spirit turns"), "{status}");
+    // Each step back works: the newest first.
+    assert!(run(&["migrate", "down"]).contains("reverted 0002"));
+    assert!(run(&["migrate", "status"]).contains("0002 pending  spirit turns"));
     assert!(run(&["migrate", "down"]).contains("reverted 0001"));
     assert!(run(&["migrate", "down"]).contains("nothing to revert"));
+    assert!(run(&["migrate", "up"]).contains("applied 0002"));
     std::fs::remove_dir_all(&dir).ok();
 }
 

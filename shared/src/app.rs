@@ -12,7 +12,8 @@ use crate::personas::{PersonaError, Personas};
 use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
 use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::spirit::SpiritProvider;
-use crate::spirit::queue::{InProcessQueue, RedisQueue, SpiritQueue};
+use crate::spirit::queue::{NoQueue, QuestionQueue, SqsQueue};
+use crate::spirit::turn::Spirit;
 use crate::store::{Database, DynStore, StoreError};
 
 #[derive(Clone)]
@@ -30,7 +31,8 @@ pub struct App {
     pub limiter: Arc<dyn RateLimiter>,
     pub board: Arc<Board>,
     pub spirit: Arc<dyn SpiritProvider>,
-    pub spirit_queue: Arc<dyn SpiritQueue>,
+    /// Where accepted questions go: SQS (`SPIRIT_QUEUE_URL`), or the harness's own queue.
+    pub questions: Arc<dyn QuestionQueue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +64,8 @@ impl App {
         let redis = config.redis_url.as_ref().map(Redis::new).transpose()?;
         let tokens = TokenKeys::new(&config.jwt_secret, config.jwt_ttl);
         let personas = Personas::load(config.spirit.steering_dir.as_deref())?;
-        // An answerer holds its session's lock for at most one answer and its pushes.
-        let lock_ttl = config.spirit.deadline + std::time::Duration::from_secs(30);
-        type Stores = (
-            Arc<dyn ConnectionStore>,
-            Arc<dyn RateLimiter>,
-            Arc<dyn SpiritQueue>,
-        );
-        let (connections, limiter, spirit_queue): Stores = match &redis {
+        type Stores = (Arc<dyn ConnectionStore>, Arc<dyn RateLimiter>);
+        let (connections, limiter): Stores = match &redis {
             Some(redis) => (
                 Arc::new(RedisConnections::new(
                     redis.clone(),
@@ -80,22 +76,26 @@ impl App {
                     redis.clone(),
                     &config.redis_key_prefix,
                 )),
-                Arc::new(RedisQueue::new(
-                    redis.clone(),
-                    &config.redis_key_prefix,
-                    lock_ttl,
-                )),
             ),
             None => (
                 Arc::new(InProcessConnections::new(config.connection_ttl)),
                 Arc::new(InProcessRateLimiter::default()),
-                Arc::new(InProcessQueue::default()),
             ),
         };
         let spirit = crate::spirit::build_provider(&config.spirit);
         let credentials = match config.profile {
             crate::config::Profile::Lambda => AwsCredentials::Environment,
-            crate::config::Profile::Harness => AwsCredentials::Static,
+            crate::config::Profile::Harness => AwsCredentials::for_harness(),
+        };
+        let questions: Arc<dyn QuestionQueue> = match &config.spirit.queue_url {
+            Some(url) => Arc::new(SqsQueue::new(
+                url,
+                &config.aws_region,
+                config.spirit.sqs_endpoint.as_deref(),
+                credentials.clone(),
+            )),
+            // Only the harness gets here; it plugs in its own queue.
+            None => Arc::new(NoQueue),
         };
         let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(&config.aws_region, credentials));
         let app = Self {
@@ -104,7 +104,7 @@ impl App {
             limiter,
             board: Arc::new(Board::classic()),
             spirit,
-            spirit_queue,
+            questions,
             store: database.store(),
             tokens,
             redis,
@@ -118,6 +118,24 @@ impl App {
     /// Start-up of the `migrate` Lambda: the database pool only.
     pub fn database_for_lambda() -> Database {
         lambda_start_up(|config| Database::connect_lazy(&config).map_err(StartupError::from))
+    }
+
+    /// Start-up of the `spirit` Lambda: the narrow set the spirit's turn needs.
+    pub fn spirit_for_lambda() -> Spirit {
+        Self::for_lambda().spirit_worker()
+    }
+
+    /// What the spirit's turn needs of this state: store, pushes, personas, board, model.
+    pub fn spirit_worker(&self) -> Spirit {
+        Spirit {
+            store: self.store.clone(),
+            broadcaster: self.broadcaster(),
+            personas: self.personas.clone(),
+            board: self.board.clone(),
+            provider: self.spirit.clone(),
+            config: Arc::new(self.config.spirit.clone()),
+            endpoint: Arc::from(self.push_endpoint(None, None)),
+        }
     }
 
     pub fn broadcaster(&self) -> Broadcaster {

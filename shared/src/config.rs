@@ -91,6 +91,18 @@ pub struct SpiritConfig {
     /// Planchette pace: time per symbol and the extra pause at a word gap.
     pub planchette_symbol_ms: u64,
     pub planchette_gap_ms: u64,
+    /// The SQS FIFO queue `ws-message` sends accepted questions to (`SPIRIT_QUEUE_URL`):
+    /// required in Lambda; in the harness it replaces the in-process queue, and the
+    /// harness then polls it as Lambda's event source mapping would.
+    pub queue_url: Option<String>,
+    /// Another SQS endpoint (`AWS_ENDPOINT_URL_SQS`), for a local SQS-speaking server.
+    pub sqs_endpoint: Option<String>,
+    /// The `spirit` function's timeout, as the harness emulates it: a turn still running
+    /// then is killed and its message comes back (`SPIRIT_FUNCTION_TIMEOUT`, 90 s).
+    pub function_timeout: Duration,
+    /// How long a message whose turn failed stays hidden in the harness's in-process queue
+    /// (`SPIRIT_VISIBILITY_TIMEOUT`; 6 × the function timeout, as the template sets SQS).
+    pub visibility_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +158,9 @@ pub struct Config {
     pub ws_idle_timeout: Duration,
     /// The harness closes any socket this old (default 2 h, as API Gateway).
     pub ws_max_lifetime: Duration,
+    /// How long the harness waits for a WebSocket route's handler before it sends the
+    /// client API Gateway's own timeout frame (`WS_INTEGRATION_TIMEOUT`, 29 s, fixed on AWS).
+    pub ws_integration_timeout: Duration,
     pub spirit: SpiritConfig,
 }
 
@@ -342,6 +357,12 @@ impl Config {
         };
 
         let spirit = spirit_config(&get, &duration)?;
+        if lambda && spirit.queue_url.is_none() {
+            return Err(ConfigError::Missing {
+                var: "SPIRIT_QUEUE_URL",
+                hint: "the URL of the spirit's SQS FIFO queue (the template sets it)",
+            });
+        }
 
         let max_participants_cap = parse_num(&get, "MAX_PARTICIPANTS_CAP", 12u8, 2, 12)?;
         let default_max_participants = parse_num(
@@ -387,6 +408,7 @@ impl Config {
             connection_ttl: duration("CONNECTION_TTL", Duration::from_secs(2 * 3600 + 600))?,
             ws_idle_timeout: duration("WS_IDLE_TIMEOUT", Duration::from_secs(600))?,
             ws_max_lifetime: duration("WS_MAX_LIFETIME", Duration::from_secs(7200))?,
+            ws_integration_timeout: duration("WS_INTEGRATION_TIMEOUT", Duration::from_secs(29))?,
             spirit,
         })
     }
@@ -495,6 +517,26 @@ fn spirit_config(
             seed: parse_num(get, "ORACLE_SEED", 1891, 0, u64::MAX)?,
         },
     };
+    let http_url = |var: &'static str| -> Result<Option<String>, ConfigError> {
+        match get(var) {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(Some(url)),
+            Some(_) => Err(ConfigError::Invalid {
+                var,
+                reason: "must start with https:// (or http:// for a local server)".into(),
+            }),
+            None => Ok(None),
+        }
+    };
+    let queue_url = http_url("SPIRIT_QUEUE_URL")?;
+    if let Some(url) = &queue_url
+        && !url.ends_with(".fifo")
+    {
+        return Err(ConfigError::Invalid {
+            var: "SPIRIT_QUEUE_URL",
+            reason: "must be a FIFO queue (its name ends in .fifo)".into(),
+        });
+    }
+    let function_timeout = duration("SPIRIT_FUNCTION_TIMEOUT", Duration::from_secs(90))?;
     let steering_dir = get("SPIRIT_STEERING_DIR").map(std::path::PathBuf::from);
     if let Some(dir) = &steering_dir
         && !dir.is_dir()
@@ -531,6 +573,10 @@ fn spirit_config(
         },
         planchette_symbol_ms: parse_num(get, "PLANCHETTE_SYMBOL_MS", 350, 1, 10_000)?,
         planchette_gap_ms: parse_num(get, "PLANCHETTE_GAP_MS", 600, 0, 10_000)?,
+        queue_url,
+        sqs_endpoint: http_url("AWS_ENDPOINT_URL_SQS")?,
+        function_timeout,
+        visibility_timeout: duration("SPIRIT_VISIBILITY_TIMEOUT", function_timeout * 6)?,
     })
 }
 
@@ -601,6 +647,10 @@ mod tests {
                 "PUBLIC_WS_URL",
                 "wss://abc.execute-api.eu-west-1.amazonaws.com/prod",
             ),
+            (
+                "SPIRIT_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/seance-spirit.fifo",
+            ),
         ]
     }
 
@@ -648,7 +698,12 @@ mod tests {
 
     #[test]
     fn lambda_needs_every_service() {
-        for missing in ["DATABASE_URL", "REDIS_URL", "PUBLIC_WS_URL"] {
+        for missing in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "PUBLIC_WS_URL",
+            "SPIRIT_QUEUE_URL",
+        ] {
             let pairs: Vec<_> = lambda_vars()
                 .into_iter()
                 .filter(|(k, _)| *k != missing)
@@ -673,6 +728,31 @@ mod tests {
             let err = Config::from_vars(Profile::Harness, &vars(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{var}: {err}");
         }
+    }
+
+    #[test]
+    fn the_spirit_queue_must_be_fifo() {
+        let mut pairs = lambda_vars();
+        pairs[4] = (
+            "SPIRIT_QUEUE_URL",
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/seance-spirit",
+        );
+        let err = Config::from_vars(Profile::Lambda, &vars(&pairs)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    var: "SPIRIT_QUEUE_URL",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let config = Config::from_vars(Profile::Lambda, &vars(&lambda_vars())).unwrap();
+        assert_eq!(
+            config.spirit.visibility_timeout,
+            config.spirit.function_timeout * 6
+        );
     }
 
     #[test]

@@ -204,6 +204,51 @@ impl MessageKind {
     }
 }
 
+/// Where a question stands in the spirit's turn (stored beside it; the spirit's own
+/// messages have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnState {
+    /// Accepted, waiting for the spirit.
+    Queued,
+    /// Claimed by a worker, before the first word.
+    Thinking,
+    /// The answer is streaming.
+    Speaking,
+    /// Its one reply is stored.
+    Answered,
+    /// Never answered: the session ended first.
+    Dropped,
+}
+
+impl TurnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Thinking => "thinking",
+            Self::Speaking => "speaking",
+            Self::Answered => "answered",
+            Self::Dropped => "dropped",
+        }
+    }
+
+    pub fn from_db(raw: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Thinking,
+            Self::Speaking,
+            Self::Answered,
+            Self::Dropped,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == raw)
+    }
+
+    /// Still owed an answer (these count towards `spirit_busy`).
+    pub fn is_unanswered(self) -> bool {
+        matches!(self, Self::Queued | Self::Thinking | Self::Speaking)
+    }
+}
+
 /// A séance session as the protocol shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Session {

@@ -46,6 +46,34 @@ pub enum AwsCredentials {
     Static,
 }
 
+impl AwsCredentials {
+    /// The harness's: the environment's keys when it has some (a real SQS queue needs
+    /// them), else the placeholders its own endpoints and local servers accept.
+    pub fn for_harness() -> Self {
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+            Self::Environment
+        } else {
+            Self::Static
+        }
+    }
+
+    /// The credentials provider every AWS client of this process signs with.
+    pub fn provider(&self) -> SharedCredentialsProvider {
+        match self {
+            Self::Environment => SharedCredentialsProvider::new(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            ),
+            Self::Static => SharedCredentialsProvider::new(Credentials::new(
+                "LOCALHARNESS",
+                "local-harness-secret",
+                None,
+                None,
+                "seance-harness",
+            )),
+        }
+    }
+}
+
 /// The production pusher: `aws-sdk-apigatewaymanagement`. One client per endpoint, built
 /// on first use and kept for the life of the container; building one makes no network call.
 pub struct ManagementApi {
@@ -67,21 +95,9 @@ const PUSH_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ManagementApi {
     pub fn new(region: &str, credentials: AwsCredentials) -> Self {
-        let credentials = match credentials {
-            AwsCredentials::Environment => SharedCredentialsProvider::new(
-                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
-            ),
-            AwsCredentials::Static => SharedCredentialsProvider::new(Credentials::new(
-                "LOCALHARNESS",
-                "local-harness-secret",
-                None,
-                None,
-                "seance-harness",
-            )),
-        };
         Self {
             region: Region::new(region.to_owned()),
-            credentials,
+            credentials: credentials.provider(),
             clients: Mutex::new(HashMap::new()),
         }
     }

@@ -13,12 +13,12 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::connections::{Connection, Presence};
-use crate::domain::{MessageContent, MessageKind, Participant, SessionStatus};
+use crate::domain::{MessageContent, Participant, SessionStatus, TurnState};
 use crate::protocol::{ClientFrame, ErrorCode, FrameError, ServerEvent, SpiritState, parse_frame};
 use crate::push::{Audience, FANOUT_CONCURRENCY};
 use crate::ratelimit::Decision;
-use crate::spirit::queue::QueuedQuestion;
-use crate::store::{NewMessage, StoreError};
+use crate::spirit::queue::Ticket;
+use crate::store::StoreError;
 
 /// How many messages `session_state` carries without `after`, and at most with it.
 pub const STATE_MESSAGES: u32 = 20;
@@ -316,62 +316,42 @@ async fn answer(
                 MessageContent::parse(&content, app.config.max_content_chars).map_err(|err| {
                     FrameError::new(ErrorCode::InvalidMessage, err.message, Some(kind))
                 })?;
-            // Accepting is serialised per session, so the order questions are announced in
-            // is the order the spirit answers them in.
-            let guard = app
-                .spirit_queue
-                .lock_accept(session_id)
-                .await
-                .map_err(|err| {
-                    tracing::warn!(%err, "send_message: spirit queue unavailable");
-                    internal(kind)
-                })?;
-            let accepted = accept_question(app, endpoint, connection, content, kind).await;
-            guard.release().await;
-            crate::spirit::turn::take_turn(app, endpoint, session_id, accepted?).await;
+            accept_question(app, endpoint, connection, content, kind).await?;
         }
     }
     Ok(())
 }
 
-/// Checks, stores, announces and queues one question, under the session's accept lock.
+/// Accepts one question: checks, stores, queues for the spirit and announces it, then
+/// returns; the spirit answers in its own function. All of it happens while the store
+/// holds the session's lock (see [`crate::store::Acceptance`]), so acceptances in one
+/// session take turns: the order questions are stored in, which is the order the spirit
+/// answers them in, is the order everyone is told of them. The queue message goes out
+/// before the commit, so a question is never stored without one; a worker it reaches
+/// early waits for the commit (or finds nothing, if the acceptance failed).
 async fn accept_question(
     app: &App,
     endpoint: &str,
     connection: &Connection,
     content: MessageContent,
     kind: &str,
-) -> Result<crate::spirit::turn::AfterQueueing, FrameError> {
+) -> Result<(), FrameError> {
     let session_id = connection.session_id;
-    let broadcaster = app.broadcaster();
-    // A place in the spirit's queue first: a full queue refuses before anything is
-    // counted or stored.
-    let session = app
+    let mut accepting = app
         .store
-        .session(session_id)
+        .begin_accept(session_id)
         .await
         .map_err(|e| store_error(e, kind))?;
-    if session.status == SessionStatus::Ended {
+    if accepting.session().status == SessionStatus::Ended {
         return Err(store_error(StoreError::SessionEnded, kind));
     }
-    let question_id = Uuid::now_v7();
-    match app
-        .spirit_queue
-        .reserve(session_id, question_id, app.config.spirit.queue_capacity)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(FrameError::new(
-                ErrorCode::SpiritBusy,
-                "the spirit has too many questions waiting; ask again once it has answered",
-                Some(kind),
-            ));
-        }
-        Err(err) => {
-            tracing::warn!(%err, "send_message: spirit queue unavailable");
-            return Err(internal(kind));
-        }
+    // A full queue refuses before anything is counted or stored.
+    if accepting.unanswered() >= app.config.spirit.queue_capacity {
+        return Err(FrameError::new(
+            ErrorCode::SpiritBusy,
+            "the spirit has too many questions waiting; ask again once it has answered",
+            Some(kind),
+        ));
     }
     let limits = [
         (
@@ -386,37 +366,27 @@ async fn accept_question(
         ),
     ];
     for (key, limit, why) in limits {
-        if let Err(err) = check_rate(app, &key, limit, kind, why).await {
-            let _ = app.spirit_queue.cancel(session_id, question_id).await;
-            return Err(err);
-        }
+        check_rate(app, &key, limit, kind, why).await?;
     }
-    let stored = app
-        .store
-        .add_message(NewMessage {
-            id: Some(question_id),
-            session_id,
-            kind: MessageKind::Question,
-            author: Some(connection.participant.clone()),
-            content: content.into_inner(),
-            in_reply_to: None,
-        })
-        .await;
-    let message = match stored {
-        Ok(message) => message,
-        Err(err) => {
-            let _ = app.spirit_queue.cancel(session_id, question_id).await;
-            return Err(store_error(err, kind));
-        }
-    };
-    let queued = QueuedQuestion {
-        id: message.id,
+    let message = accepting
+        .insert_question(
+            Uuid::now_v7(),
+            &connection.participant,
+            content.into_inner(),
+        )
+        .await
+        .map_err(|e| store_error(e, kind))?;
+    let ticket = Ticket {
         session_id,
-        author: connection.participant.clone(),
-        content: message.content.clone(),
-        persona: session.persona,
+        question_id: message.id,
+        endpoint: Some(endpoint.to_owned()),
     };
-    broadcaster
+    if let Err(err) = app.questions.send(&ticket).await {
+        // Dropping `accepting` rolls the question back: nothing stored, nothing shown.
+        tracing::error!(%err, "send_message: the spirit's queue is unavailable");
+        return Err(internal(kind));
+    }
+    app.broadcaster()
         .broadcast(
             endpoint,
             session_id,
@@ -424,7 +394,12 @@ async fn accept_question(
             Audience::Everyone,
         )
         .await;
-    Ok(crate::spirit::turn::enqueue(app, queued).await)
+    accepting.commit().await.map_err(|err| {
+        // Rare: everyone was told of a question that is not stored. The queue message
+        // finds nothing to answer; the asker is told it did not go through.
+        tracing::error!(%err, "send_message: the question could not be committed");
+        internal(kind)
+    })
 }
 
 /// One action from a rate-limit bucket, or the protocol's `rate_limited` error.
@@ -490,11 +465,12 @@ pub async fn session_state(
         participants,
         messages,
         has_more,
-        spirit: app
-            .spirit_queue
-            .state(session_id)
-            .await
-            .unwrap_or(SpiritState::Idle),
+        spirit: match app.store.turn_state(session_id).await? {
+            None => SpiritState::Idle,
+            Some(TurnState::Speaking) => SpiritState::Speaking,
+            // Claimed or still waiting: the spirit is thinking about the session.
+            Some(_) => SpiritState::Thinking,
+        },
         board: (*app.board).clone(),
     })
 }

@@ -210,6 +210,10 @@ async fn main() {
                 .env("REDIS_KEY_PREFIX", "seance-bench:")
                 .env("JWT_SECRET", seance_tests::TEST_JWT_SECRET)
                 .env("PUBLIC_WS_URL", "wss://bench.example/local")
+                .env(
+                    "SPIRIT_QUEUE_URL",
+                    "https://sqs.us-east-1.amazonaws.com/123456789012/seance-spirit.fifo",
+                )
                 .env("APIGW_MANAGEMENT_ENDPOINT", format!("http://{addr}/local"))
                 .env("LOG_LEVEL", "warn")
                 .stdout(Stdio::null())

@@ -12,19 +12,35 @@ use super::{Database, StoreError};
 /// (version, description, up, down) for each dialect, oldest first.
 type Script = (i64, &'static str, &'static str, &'static str);
 
-const POSTGRES: &[Script] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.up.sql"),
-    include_str!("../../../migrations/postgres/0001_init.down.sql"),
-)];
+const POSTGRES: &[Script] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.up.sql"),
+        include_str!("../../../migrations/postgres/0001_init.down.sql"),
+    ),
+    (
+        2,
+        "spirit turns",
+        include_str!("../../../migrations/postgres/0002_spirit_turns.up.sql"),
+        include_str!("../../../migrations/postgres/0002_spirit_turns.down.sql"),
+    ),
+];
 
-const SQLITE: &[Script] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/sqlite/0001_init.up.sql"),
-    include_str!("../../../migrations/sqlite/0001_init.down.sql"),
-)];
+const SQLITE: &[Script] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/sqlite/0001_init.up.sql"),
+        include_str!("../../../migrations/sqlite/0001_init.down.sql"),
+    ),
+    (
+        2,
+        "spirit turns",
+        include_str!("../../../migrations/sqlite/0002_spirit_turns.up.sql"),
+        include_str!("../../../migrations/sqlite/0002_spirit_turns.down.sql"),
+    ),
+];
 
 fn migrator(scripts: &[Script]) -> Migrator {
     let migrations = scripts

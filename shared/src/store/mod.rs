@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     DisplayName, MaxParticipants, Message, MessageKind, Participant, Session, SessionName,
+    TurnState,
 };
 
 pub use migrations::{MigrationAction, MigrationReport, MigrationState, MigrationStatus};
@@ -94,6 +95,48 @@ pub struct MessagesAfter {
     pub has_more: bool,
 }
 
+/// A question being accepted. Opening it takes the session's row lock (PostgreSQL) or the
+/// write lock (SQLite) and holds it until [`commit`](Self::commit) or drop (which rolls
+/// back): acceptances in one session take turns, so the order questions are stored in is
+/// the order they are announced in, and a spirit worker claiming a question waits for an
+/// acceptance in progress to end.
+#[async_trait]
+pub trait Acceptance: Send {
+    /// The session, read under the lock.
+    fn session(&self) -> &Session;
+
+    /// The session's questions still owed an answer (the one being answered included).
+    fn unanswered(&self) -> u32;
+
+    /// Stores the question, queued for the spirit; visible to others once committed.
+    async fn insert_question(
+        &mut self,
+        id: Uuid,
+        author: &Participant,
+        content: String,
+    ) -> Result<Message, StoreError>;
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A question a spirit worker has claimed, with how many claims it has had (this one
+/// included): more than one means an earlier attempt died before storing its reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedQuestion {
+    pub message: Message,
+    pub attempts: u32,
+}
+
+/// What storing a reply did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyOutcome {
+    /// Stored, and the question marked answered.
+    Stored(Message),
+    /// The question already had its reply (a redelivery raced an earlier attempt): nothing
+    /// stored, nothing to announce.
+    AlreadyAnswered,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
@@ -134,6 +177,35 @@ pub trait Store: Send + Sync + 'static {
         before: Option<Uuid>,
         limit: u32,
     ) -> Result<MessagePage, StoreError>;
+
+    /// Opens the acceptance of one question in `session_id` (see [`Acceptance`]).
+    async fn begin_accept(&self, session_id: Uuid) -> Result<Box<dyn Acceptance>, StoreError>;
+
+    /// Claims the session's oldest unanswered question, by stored order: queued, or left
+    /// thinking or speaking by a worker that died. The claim is a conditional update on
+    /// the attempt count, so of two workers racing for it exactly one wins (the other gets
+    /// `None`). Waits for an acceptance in progress in the session to end first.
+    async fn claim_next_question(
+        &self,
+        session_id: Uuid,
+    ) -> Result<Option<ClaimedQuestion>, StoreError>;
+
+    /// Marks a claimed question as speaking (its first words went out).
+    async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError>;
+
+    /// Stores the spirit's reply to `question_id` and marks the question answered, in one
+    /// transaction. A question has at most one reply (a unique index says so).
+    async fn store_reply(
+        &self,
+        question_id: Uuid,
+        content: String,
+    ) -> Result<ReplyOutcome, StoreError>;
+
+    /// Marks every unanswered question of the session dropped (it ended); how many.
+    async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;
+
+    /// The state of the session's oldest unanswered question; `None` when all are settled.
+    async fn turn_state(&self, session_id: Uuid) -> Result<Option<TurnState>, StoreError>;
 
     /// The oldest `limit` messages newer than `after`, oldest first.
     async fn messages_after(

@@ -11,9 +11,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use uuid::Uuid;
 
-use super::{DynStore, MessagePage, MessagesAfter, NewMessage, NewSession, Store, StoreError, now};
+use super::{
+    Acceptance, ClaimedQuestion, DynStore, MessagePage, MessagesAfter, NewMessage, NewSession,
+    ReplyOutcome, Store, StoreError, now,
+};
 use crate::config::Config;
-use crate::domain::{DisplayName, Message, MessageKind, Participant, Role, Session, SessionStatus};
+use crate::domain::{
+    DisplayName, Message, MessageKind, Participant, Role, Session, SessionStatus, TurnState,
+};
 
 /// A connection pool to whichever database `DATABASE_URL` names.
 #[derive(Debug, Clone)]
@@ -134,6 +139,47 @@ const MESSAGES_AFTER: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in
      FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
      WHERE m.session_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3";
 
+// A write that changes nothing, for its lock: the session's row lock in PostgreSQL, the
+// database's write lock in SQLite, held to the end of the transaction.
+const LOCK_SESSION: &str = "UPDATE sessions SET status = status WHERE id = $1 \
+     RETURNING id, name, persona, status, participant_count, max_participants, created_at";
+
+const COUNT_UNANSWERED: &str = "SELECT COUNT(*) AS n FROM messages \
+     WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
+
+// Only ever run under LOCK_SESSION, after the session was seen active.
+const INSERT_QUESTION: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at, turn) \
+     VALUES ($1, $2, 'question', $3, $4, NULL, $5, 'queued')";
+
+const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, \
+            p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
+     FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
+     WHERE m.session_id = $1 AND m.turn IN ('queued', 'thinking', 'speaking') ORDER BY m.seq ASC LIMIT 1";
+
+// The claim: only if nobody claimed it since we read its attempt count.
+const CLAIM_QUESTION: &str = "UPDATE messages SET turn = 'thinking', attempts = attempts + 1 \
+     WHERE id = $1 AND attempts = $2 AND turn IN ('queued', 'thinking', 'speaking')";
+
+const MARK_SPEAKING: &str =
+    "UPDATE messages SET turn = 'speaking' WHERE id = $1 AND turn = 'thinking'";
+
+// The unique index messages_one_reply makes a second reply a no-op.
+const INSERT_REPLY: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at) \
+     SELECT $1, q.session_id, 'spirit', NULL, $2, q.id, $3 FROM messages q \
+     WHERE q.id = $4 AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = q.session_id AND s.status = 'active') \
+     ON CONFLICT DO NOTHING RETURNING session_id";
+
+const HAS_REPLY: &str = "SELECT 1 AS one FROM messages WHERE in_reply_to = $1 AND kind = 'spirit'";
+
+const SETTLE_QUESTION: &str =
+    "UPDATE messages SET turn = $2 WHERE id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
+
+const DROP_UNANSWERED: &str = "UPDATE messages SET turn = 'dropped' \
+     WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
+
+const HEAD_TURN: &str = "SELECT turn FROM messages \
+     WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking') ORDER BY seq ASC LIMIT 1";
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Internal(format!("unexpected value in column {what}"))
 }
@@ -142,8 +188,62 @@ fn to_u32(value: i32, what: &str) -> Result<u32, StoreError> {
     u32::try_from(value).map_err(|_| corrupt(what))
 }
 
+/// Reads a `TurnState` column.
+fn turn_of(raw: &str) -> Result<TurnState, StoreError> {
+    TurnState::from_db(raw).ok_or_else(|| corrupt("turn"))
+}
+
 macro_rules! impl_sql_store {
-    ($store:ident, $row:ty, $backend:literal) => {
+    ($store:ident, $acceptance:ident, $db:ty, $row:ty, $backend:literal) => {
+        /// An open acceptance: the transaction holding the session's lock.
+        pub struct $acceptance {
+            tx: sqlx::Transaction<'static, $db>,
+            session: Session,
+            unanswered: u32,
+        }
+
+        #[async_trait]
+        impl Acceptance for $acceptance {
+            fn session(&self) -> &Session {
+                &self.session
+            }
+
+            fn unanswered(&self) -> u32 {
+                self.unanswered
+            }
+
+            async fn insert_question(
+                &mut self,
+                id: Uuid,
+                author: &Participant,
+                content: String,
+            ) -> Result<Message, StoreError> {
+                let message = Message {
+                    id,
+                    session_id: self.session.id,
+                    kind: MessageKind::Question,
+                    author: Some(author.clone()),
+                    content,
+                    in_reply_to: None,
+                    created_at: now(),
+                };
+                sqlx::query(INSERT_QUESTION)
+                    .bind(message.id)
+                    .bind(message.session_id)
+                    .bind(author.id)
+                    .bind(&message.content)
+                    .bind(message.created_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(message)
+            }
+
+            async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+                self.tx.commit().await?;
+                Ok(())
+            }
+        }
+
         impl $store {
             fn session_from_row(row: &$row) -> Result<Session, StoreError> {
                 let status: String = row.try_get("status")?;
@@ -409,6 +509,151 @@ macro_rules! impl_sql_store {
                 })
             }
 
+            async fn begin_accept(
+                &self,
+                session_id: Uuid,
+            ) -> Result<Box<dyn Acceptance>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(LOCK_SESSION)
+                    .bind(session_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::SessionNotFound)?;
+                let session = Self::session_from_row(&row)?;
+                let unanswered: i64 = sqlx::query(COUNT_UNANSWERED)
+                    .bind(session_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+                Ok(Box::new($acceptance {
+                    tx,
+                    session,
+                    unanswered: u32::try_from(unanswered).unwrap_or(u32::MAX),
+                }))
+            }
+
+            async fn claim_next_question(
+                &self,
+                session_id: Uuid,
+            ) -> Result<Option<ClaimedQuestion>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // Wait for an acceptance in progress, so its question is seen in its place.
+                if sqlx::query(LOCK_SESSION)
+                    .bind(session_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+                let Some(row) = sqlx::query(OLDEST_UNANSWERED)
+                    .bind(session_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    tx.commit().await?;
+                    return Ok(None);
+                };
+                let message = Self::message_from_row(&row)?;
+                let attempts: i32 = row.try_get("attempts")?;
+                let claimed = sqlx::query(CLAIM_QUESTION)
+                    .bind(message.id)
+                    .bind(attempts)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                if claimed == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(ClaimedQuestion {
+                    message,
+                    attempts: to_u32(attempts, "attempts")?.saturating_add(1),
+                }))
+            }
+
+            async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
+                sqlx::query(MARK_SPEAKING)
+                    .bind(question_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn store_reply(
+                &self,
+                question_id: Uuid,
+                content: String,
+            ) -> Result<ReplyOutcome, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let id = Uuid::now_v7();
+                let created_at = now();
+                let inserted = sqlx::query(INSERT_REPLY)
+                    .bind(id)
+                    .bind(&content)
+                    .bind(created_at)
+                    .bind(question_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = inserted {
+                    let session_id: Uuid = row.try_get("session_id")?;
+                    sqlx::query(SETTLE_QUESTION)
+                        .bind(question_id)
+                        .bind(TurnState::Answered.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(ReplyOutcome::Stored(Message {
+                        id,
+                        session_id,
+                        kind: MessageKind::Spirit,
+                        author: None,
+                        content,
+                        in_reply_to: Some(question_id),
+                        created_at,
+                    }));
+                }
+                // Nothing stored: the reply exists already, or the session ended.
+                let answered = sqlx::query(HAS_REPLY)
+                    .bind(question_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                let settled = if answered {
+                    TurnState::Answered
+                } else {
+                    TurnState::Dropped
+                };
+                sqlx::query(SETTLE_QUESTION)
+                    .bind(question_id)
+                    .bind(settled.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                if answered {
+                    Ok(ReplyOutcome::AlreadyAnswered)
+                } else {
+                    Err(StoreError::SessionEnded)
+                }
+            }
+
+            async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
+                Ok(sqlx::query(DROP_UNANSWERED)
+                    .bind(session_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn turn_state(&self, session_id: Uuid) -> Result<Option<TurnState>, StoreError> {
+                sqlx::query(HEAD_TURN)
+                    .bind(session_id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|row| turn_of(&row.try_get::<String, _>("turn")?))
+                    .transpose()
+            }
+
             async fn messages_after(
                 &self,
                 session_id: Uuid,
@@ -436,5 +681,17 @@ macro_rules! impl_sql_store {
     };
 }
 
-impl_sql_store!(PgStore, sqlx::postgres::PgRow, "postgres");
-impl_sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, "sqlite");
+impl_sql_store!(
+    PgStore,
+    PgAcceptance,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    "postgres"
+);
+impl_sql_store!(
+    SqliteStore,
+    SqliteAcceptance,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    "sqlite"
+);

@@ -1,0 +1,4 @@
+DROP INDEX IF EXISTS messages_unanswered;
+DROP INDEX IF EXISTS messages_one_reply;
+ALTER TABLE messages DROP COLUMN attempts;
+ALTER TABLE messages DROP COLUMN turn;
