@@ -41,6 +41,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
+struct KillOnDrop(tokio::task::AbortHandle);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -80,6 +88,9 @@ async fn invoke(spirit: &Spirit, records: Vec<Value>, timeout: Duration) -> bool
     let deadline_ms = epoch_ms(SystemTime::now()) + u64::try_from(timeout.as_millis()).unwrap_or(0);
     let spirit = spirit.clone();
     let mut invocation = tokio::spawn(async move { spirit.handle_batch(event, deadline_ms).await });
+    // Whoever drops this call (a stopping harness, a test playing a crash) kills the
+    // invocation with it, as a Lambda sandbox dies with its process.
+    let _kill = KillOnDrop(invocation.abort_handle());
     match tokio::time::timeout(timeout, &mut invocation).await {
         Ok(Ok(SqsBatchResponse {
             batch_item_failures,

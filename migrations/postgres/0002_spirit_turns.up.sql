@@ -1,8 +1,11 @@
 -- The spirit's turn lives with the questions, so the database judges it: each question's
 -- place in the turn (NULL for the spirit's own messages), how many times a worker has
--- claimed it, and at most one stored reply per question.
+-- claimed it, until when the last claim holds (milliseconds since the epoch: the end of
+-- the claiming invocation, after which that worker is surely dead), and at most one
+-- stored reply per question.
 ALTER TABLE messages ADD COLUMN turn TEXT CHECK (turn IN ('queued', 'thinking', 'speaking', 'answered', 'dropped'));
 ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN claimed_until BIGINT;
 
 -- Questions from before this migration are settled, whatever happened to them.
 UPDATE messages SET turn = 'answered' WHERE kind = 'question';

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod mock_llm;
+pub mod turns;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -19,6 +20,42 @@ pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub fn postgres_admin_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The SQS-speaking server `tests/run` started (moto), e.g. `http://127.0.0.1:4566`.
+pub fn sqs_endpoint() -> String {
+    std::env::var("TEST_SQS_ENDPOINT").expect(
+        "TEST_SQS_ENDPOINT names an SQS-speaking server (tests/run starts moto_server and sets it)",
+    )
+}
+
+/// A FIFO queue of its own on the test SQS server, messages hidden for `visibility`
+/// seconds after a receive; its URL.
+pub async fn fresh_fifo_queue(visibility: u32) -> String {
+    let client = sqs_test_client();
+    let name = format!("seance-test-{}.fifo", Uuid::new_v4().simple());
+    client
+        .create_queue()
+        .queue_name(name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            visibility.to_string(),
+        )
+        .send()
+        .await
+        .expect("create a FIFO queue on the test SQS server")
+        .queue_url
+        .expect("a queue URL")
+}
+
+/// An SQS client for the test server, signed with placeholder keys.
+pub fn sqs_test_client() -> aws_sdk_sqs::Client {
+    seance::spirit::queue::sqs_client(
+        "us-east-1",
+        Some(&sqs_endpoint()),
+        seance::push::AwsCredentials::Static,
+    )
 }
 
 pub fn redis_url() -> String {
@@ -131,7 +168,13 @@ pub async fn spawn_app_configured(backend: Backend, adjust: impl FnOnce(&mut Con
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
-    let harness = local_dev::spawn(config).await.expect("harness starts");
+    spawn_app_with_options(config, local_dev::Options::default()).await
+}
+
+pub async fn spawn_app_with_options(config: Config, options: local_dev::Options) -> TestApp {
+    let harness = local_dev::spawn_with(config, options, std::future::pending())
+        .await
+        .expect("harness starts");
     let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::limited(3))

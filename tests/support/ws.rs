@@ -70,8 +70,37 @@ impl WsClient {
         self.stream.send(message).await.expect("send");
     }
 
-    /// The next frame from the server, or `None` on timeout or close.
+    /// The next frame from the server, or `None` on timeout or close. Every protocol
+    /// event has a `type`; a frame without one is API Gateway's own (a timeout or an
+    /// integration failure), which no protocol route may ever cause: it fails the test
+    /// unless the test asked for it with [`expect_gateway_frame`](Self::expect_gateway_frame).
     async fn read(&mut self, wait: Duration) -> Option<Value> {
+        let frame = self.read_any(wait).await?;
+        assert!(
+            frame.get("type").is_some(),
+            "API Gateway's own frame reached a client: {frame}"
+        );
+        Some(frame)
+    }
+
+    /// The next frame without a `type` (API Gateway's own), keeping protocol events for
+    /// later.
+    pub async fn expect_gateway_frame(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self
+                .read_any(left)
+                .await
+                .unwrap_or_else(|| panic!("no frame from API Gateway within {WAIT:?}"));
+            if frame.get("type").is_none() {
+                return frame;
+            }
+            self.buffer.push_back(frame);
+        }
+    }
+
+    async fn read_any(&mut self, wait: Duration) -> Option<Value> {
         loop {
             match tokio::time::timeout(wait, self.stream.next()).await {
                 Err(_) => return None,

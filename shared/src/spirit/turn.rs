@@ -22,7 +22,7 @@ use crate::domain::{Message, MessageKind, SessionStatus};
 use crate::personas::{Persona, Personas};
 use crate::protocol::ServerEvent;
 use crate::push::{Audience, Broadcaster};
-use crate::store::{ClaimedQuestion, DynStore, ReplyOutcome, StoreError};
+use crate::store::{Claim, ClaimedQuestion, DynStore, ReplyOutcome, StoreError};
 
 /// The shortest time between two `spirit_token` pushes of one answer.
 pub const TOKEN_INTERVAL: Duration = Duration::from_millis(100);
@@ -50,8 +50,15 @@ pub struct Spirit {
 
 /// Why a queue message should come back (SQS redelivers it after its visibility timeout).
 #[derive(Debug, thiserror::Error)]
-#[error("the turn cannot go on now: {0}")]
-pub struct TurnError(#[from] StoreError);
+pub enum TurnError {
+    #[error("the turn cannot go on now: {0}")]
+    Store(#[from] StoreError),
+    /// Another invocation holds the session's oldest question (a queue that delivered a
+    /// group's messages at once, or a visibility timeout shorter than the function's):
+    /// this message comes back later, when that invocation has finished or died.
+    #[error("another invocation is answering this session")]
+    Busy,
+}
 
 impl Spirit {
     /// The `spirit` function's handler: one batch of queue messages, until `deadline_ms`
@@ -60,7 +67,7 @@ impl Spirit {
     /// reported as a batch item failure, and so is every message after it (a FIFO queue's
     /// order must hold); all others are deleted by the event source mapping.
     pub async fn handle_batch(&self, event: SqsEvent, deadline_ms: u64) -> SqsBatchResponse {
-        let deadline = instant_of(deadline_ms);
+        let deadline = Deadline::from_epoch_ms(deadline_ms);
         let mut response = SqsBatchResponse::default();
         let mut failed = false;
         for record in event.records {
@@ -89,7 +96,7 @@ impl Spirit {
     /// Answers the session's unanswered questions, oldest first, until none is left. The
     /// ticket only says where to look: a ticket whose question was answered already (by
     /// an earlier ticket's turn, or before a redelivery) finds nothing and is done.
-    pub async fn take_turns(&self, ticket: &Ticket, deadline: Instant) -> Result<(), TurnError> {
+    pub async fn take_turns(&self, ticket: &Ticket, deadline: Deadline) -> Result<(), TurnError> {
         let session_id = ticket.session_id;
         let endpoint = ticket.endpoint.as_deref().unwrap_or(&self.endpoint);
         loop {
@@ -105,14 +112,21 @@ impl Spirit {
                 }
                 return Ok(());
             }
-            let Some(claimed) = self.store.claim_next_question(session_id).await? else {
-                return Ok(());
+            let claimed = match self
+                .store
+                .claim_next_question(session_id, deadline.epoch_ms)
+                .await?
+            {
+                Claim::Claimed(claimed) => claimed,
+                Claim::Nothing => return Ok(()),
+                Claim::InProgress => return Err(TurnError::Busy),
             };
             let Some(persona) = self.personas.for_session(&session.persona).cloned() else {
                 tracing::error!("no persona is configured");
                 return Ok(());
             };
             let left = deadline
+                .at
                 .saturating_duration_since(Instant::now())
                 .saturating_sub(REPLY_MARGIN);
             let budget = self.config.deadline.min(left);
@@ -387,17 +401,32 @@ fn complete_end(text: &str) -> Option<usize> {
     }
 }
 
-/// The invocation's deadline as an `Instant`; 0 (unknown) allows a quarter of an hour,
-/// Lambda's longest timeout.
-pub fn instant_of(deadline_ms: u64) -> Instant {
-    if deadline_ms == 0 {
-        return Instant::now() + Duration::from_secs(15 * 60);
+/// When the invocation ends: as an `Instant` to wait on, and in milliseconds since the
+/// epoch to hold a claim until.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    pub epoch_ms: i64,
+}
+
+impl Deadline {
+    /// From the Lambda context's deadline (milliseconds since the epoch); 0 (unknown)
+    /// allows a quarter of an hour, Lambda's longest timeout.
+    pub fn from_epoch_ms(deadline_ms: u64) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let deadline_ms = if deadline_ms == 0 {
+            now_ms + 15 * 60 * 1000
+        } else {
+            deadline_ms
+        };
+        Self {
+            at: Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)),
+            epoch_ms: i64::try_from(deadline_ms).unwrap_or(i64::MAX),
+        }
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }
 
 /// A stock line in the persona's voice, for when the model fails.

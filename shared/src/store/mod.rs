@@ -127,6 +127,18 @@ pub struct ClaimedQuestion {
     pub attempts: u32,
 }
 
+/// What claiming the next question found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This caller answers it now.
+    Claimed(ClaimedQuestion),
+    /// Every question of the session is settled.
+    Nothing,
+    /// The oldest unanswered question is being answered under a claim that still holds:
+    /// its worker will go on to the rest.
+    InProgress,
+}
+
 /// What storing a reply did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyOutcome {
@@ -181,14 +193,17 @@ pub trait Store: Send + Sync + 'static {
     /// Opens the acceptance of one question in `session_id` (see [`Acceptance`]).
     async fn begin_accept(&self, session_id: Uuid) -> Result<Box<dyn Acceptance>, StoreError>;
 
-    /// Claims the session's oldest unanswered question, by stored order: queued, or left
-    /// thinking or speaking by a worker that died. The claim is a conditional update on
-    /// the attempt count, so of two workers racing for it exactly one wins (the other gets
-    /// `None`). Waits for an acceptance in progress in the session to end first.
+    /// Claims the session's oldest unanswered question, by stored order, until
+    /// `until_ms` (milliseconds since the epoch: when the claiming invocation ends): a
+    /// queued one, or one left thinking or speaking under a claim that has run out (its
+    /// worker died). The claim is a conditional update on the attempt count, so of two
+    /// workers racing for it exactly one wins (the other sees `InProgress`). Waits for an
+    /// acceptance in progress in the session to end first.
     async fn claim_next_question(
         &self,
         session_id: Uuid,
-    ) -> Result<Option<ClaimedQuestion>, StoreError>;
+        until_ms: i64,
+    ) -> Result<Claim, StoreError>;
 
     /// Marks a claimed question as speaking (its first words went out).
     async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError>;
@@ -217,6 +232,11 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// Now, in milliseconds since the epoch (how claims are timed).
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
 
 /// Now, at the microsecond precision both databases keep, so what a writer returns equals
 /// what a reader later sees.

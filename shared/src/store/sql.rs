@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use uuid::Uuid;
 
 use super::{
-    Acceptance, ClaimedQuestion, DynStore, MessagePage, MessagesAfter, NewMessage, NewSession,
-    ReplyOutcome, Store, StoreError, now,
+    Acceptance, Claim, ClaimedQuestion, DynStore, MessagePage, MessagesAfter, NewMessage,
+    NewSession, ReplyOutcome, Store, StoreError, now,
 };
 use crate::config::Config;
 use crate::domain::{
@@ -151,13 +151,13 @@ const COUNT_UNANSWERED: &str = "SELECT COUNT(*) AS n FROM messages \
 const INSERT_QUESTION: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at, turn) \
      VALUES ($1, $2, 'question', $3, $4, NULL, $5, 'queued')";
 
-const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, \
+const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, m.claimed_until, \
             p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
      FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
      WHERE m.session_id = $1 AND m.turn IN ('queued', 'thinking', 'speaking') ORDER BY m.seq ASC LIMIT 1";
 
 // The claim: only if nobody claimed it since we read its attempt count.
-const CLAIM_QUESTION: &str = "UPDATE messages SET turn = 'thinking', attempts = attempts + 1 \
+const CLAIM_QUESTION: &str = "UPDATE messages SET turn = 'thinking', attempts = attempts + 1, claimed_until = $3 \
      WHERE id = $1 AND attempts = $2 AND turn IN ('queued', 'thinking', 'speaking')";
 
 const MARK_SPEAKING: &str =
@@ -535,7 +535,8 @@ macro_rules! impl_sql_store {
             async fn claim_next_question(
                 &self,
                 session_id: Uuid,
-            ) -> Result<Option<ClaimedQuestion>, StoreError> {
+                until_ms: i64,
+            ) -> Result<Claim, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 // Wait for an acceptance in progress, so its question is seen in its place.
                 if sqlx::query(LOCK_SESSION)
@@ -544,7 +545,7 @@ macro_rules! impl_sql_store {
                     .await?
                     .is_none()
                 {
-                    return Ok(None);
+                    return Ok(Claim::Nothing);
                 }
                 let Some(row) = sqlx::query(OLDEST_UNANSWERED)
                     .bind(session_id)
@@ -552,21 +553,30 @@ macro_rules! impl_sql_store {
                     .await?
                 else {
                     tx.commit().await?;
-                    return Ok(None);
+                    return Ok(Claim::Nothing);
                 };
                 let message = Self::message_from_row(&row)?;
                 let attempts: i32 = row.try_get("attempts")?;
+                let turn = turn_of(&row.try_get::<String, _>("turn")?)?;
+                let claimed_until: Option<i64> = row.try_get("claimed_until")?;
+                let held = turn != TurnState::Queued
+                    && claimed_until.is_some_and(|until| until > crate::store::now_ms());
+                if held {
+                    tx.commit().await?;
+                    return Ok(Claim::InProgress);
+                }
                 let claimed = sqlx::query(CLAIM_QUESTION)
                     .bind(message.id)
                     .bind(attempts)
+                    .bind(until_ms)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
                 tx.commit().await?;
                 if claimed == 0 {
-                    return Ok(None);
+                    return Ok(Claim::InProgress);
                 }
-                Ok(Some(ClaimedQuestion {
+                Ok(Claim::Claimed(ClaimedQuestion {
                     message,
                     attempts: to_u32(attempts, "attempts")?.saturating_add(1),
                 }))
