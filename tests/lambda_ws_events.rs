@@ -149,3 +149,54 @@ async fn shipped_events_do_what_they_say() {
     assert_eq!(gone.status_code, 200);
     assert!(handlers.connections.get(id).await.unwrap().is_none());
 }
+
+/// `tests/events/sqs/question.json`, the event `cargo lambda invoke spirit` is given, runs
+/// through the `spirit` function's handler: as shipped it names a session that does not
+/// exist (done with, nothing failed); pointed at a session with a question waiting, it
+/// answers that question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_sqs_event_runs_through_the_spirit() {
+    use aws_lambda_events::event::sqs::SqsEvent;
+
+    let path = format!("{}/events/sqs/question.json", env!("CARGO_MANIFEST_DIR"));
+    let shipped: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let app = seance_tests::spawn_app_with_options(
+        seance_tests::test_config(&seance_tests::fresh_postgres_url().await, None),
+        local_dev::Options {
+            event_source: false,
+        },
+    )
+    .await;
+    let spirit = app.harness.app.spirit_worker();
+    let event: SqsEvent = serde_json::from_value(shipped.clone()).expect("the event deserializes");
+    let response = spirit.handle_batch(event, 0).await;
+    assert!(response.batch_item_failures.is_empty());
+
+    let ticket = app.create_session(None).await;
+    let mut client = seance_tests::ws::WsClient::connect(&app.ws_url(&ticket))
+        .await
+        .unwrap();
+    client.sync(None).await;
+    client
+        .send_json(json!({"type": "send_message", "content": "Is anyone there?"}))
+        .await;
+    let received = client.expect("message_received").await;
+    let mut event = shipped;
+    event["Records"][0]["body"] = json!(
+        json!({
+            "session_id": ticket["session"]["id"],
+            "question_id": received["message"]["id"],
+        })
+        .to_string()
+    );
+    let event: SqsEvent = serde_json::from_value(event).unwrap();
+    assert!(
+        spirit
+            .handle_batch(event, 0)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    let answer = client.expect("spirit_response").await;
+    assert_eq!(answer["message"]["in_reply_to"], received["message"]["id"]);
+}

@@ -311,6 +311,97 @@ async fn pings(backend: Backend) {
     );
 }
 
+/// The spirit's turn in the database: acceptance counts what is owed, the oldest
+/// unanswered question is claimed once per attempt, a held claim is not taken, a run-out
+/// one is, and a question has one reply however often it is stored.
+async fn turns_are_claimed_and_answered_once(backend: Backend) {
+    use seance::domain::TurnState;
+    use seance::store::{Claim, ReplyOutcome};
+
+    let (store, _db) = fresh_store(backend).await;
+    let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, text) in ["first", "second"].iter().enumerate() {
+        let mut accepting = store.begin_accept(session.id).await.unwrap();
+        assert_eq!(accepting.unanswered(), u32::try_from(i).unwrap());
+        let message = accepting
+            .insert_question(Uuid::now_v7(), &host, (*text).to_owned())
+            .await
+            .unwrap();
+        accepting.commit().await.unwrap();
+        ids.push(message.id);
+    }
+    // An acceptance dropped before its commit leaves nothing.
+    let mut dropped = store.begin_accept(session.id).await.unwrap();
+    dropped
+        .insert_question(Uuid::now_v7(), &host, "never".into())
+        .await
+        .unwrap();
+    drop(dropped);
+    assert_eq!(
+        store.begin_accept(session.id).await.unwrap().unanswered(),
+        2
+    );
+    assert_eq!(
+        store.turn_state(session.id).await.unwrap(),
+        Some(TurnState::Queued)
+    );
+
+    let far = seance::store::now_ms() + 60_000;
+    let Claim::Claimed(first) = store.claim_next_question(session.id, far).await.unwrap() else {
+        panic!("the oldest question is claimed");
+    };
+    assert_eq!((first.message.id, first.attempts), (ids[0], 1));
+    assert_eq!(first.message.author.as_ref().map(|a| a.id), Some(host.id));
+    // Held: nobody else takes it, nor skips ahead of it.
+    assert_eq!(
+        store.claim_next_question(session.id, far).await.unwrap(),
+        Claim::InProgress
+    );
+    store.mark_speaking(ids[0]).await.unwrap();
+    assert_eq!(
+        store.turn_state(session.id).await.unwrap(),
+        Some(TurnState::Speaking)
+    );
+
+    let ReplyOutcome::Stored(reply) = store.store_reply(ids[0], "YES".into()).await.unwrap() else {
+        panic!("the first reply is stored");
+    };
+    assert_eq!(reply.in_reply_to, Some(ids[0]));
+    assert_eq!(
+        store.store_reply(ids[0], "NO".into()).await.unwrap(),
+        ReplyOutcome::AlreadyAnswered
+    );
+
+    // A claim that has run out (its worker died) is taken over, with the count going up.
+    let gone = seance::store::now_ms() - 1;
+    let Claim::Claimed(second) = store.claim_next_question(session.id, gone).await.unwrap() else {
+        panic!("the second question is next");
+    };
+    assert_eq!((second.message.id, second.attempts), (ids[1], 1));
+    let Claim::Claimed(again) = store.claim_next_question(session.id, far).await.unwrap() else {
+        panic!("a run-out claim is taken over");
+    };
+    assert_eq!((again.message.id, again.attempts), (ids[1], 2));
+
+    // The session ends: what is owed is dropped, and a late reply is refused.
+    store.end_session(session.id).await.unwrap();
+    assert!(matches!(
+        store.store_reply(ids[1], "late".into()).await,
+        Err(StoreError::SessionEnded)
+    ));
+    assert_eq!(store.turn_state(session.id).await.unwrap(), None);
+    assert_eq!(store.drop_unanswered(session.id).await.unwrap(), 0);
+    let page = store.messages_before(session.id, None, 10).await.unwrap();
+    let replies: Vec<_> = page
+        .messages
+        .iter()
+        .filter(|m| m.in_reply_to.is_some())
+        .collect();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].content, "YES");
+}
+
 /// Migrations go down and up again cleanly on both databases.
 async fn migrations_are_reversible(backend: Backend) {
     let (store, db) = fresh_store(backend).await;
@@ -350,5 +441,6 @@ seance_tests::on_both_backends!(
     messages_come_oldest_first_and_page_backwards,
     messages_after_resume_without_gaps,
     pings,
+    turns_are_claimed_and_answered_once,
     migrations_are_reversible,
 );
