@@ -179,6 +179,82 @@ async fn a_seance_runs_on_a_real_fifo_queue() {
     assert_eq!(waiting.as_deref(), Some("0"));
 }
 
+/// Many séances asking at once on one queue: every question answered once, in each
+/// séance's order, and no séance sees another's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_seances_at_once_on_sqs_lose_duplicate_and_reorder_nothing() {
+    let queue_url = fresh_fifo_queue(30).await;
+    many_seances_at_once(queue_app(&queue_url, true).await).await;
+}
+
+/// The same on the embedded harness: SQLite, in-process stores and queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_seances_at_once_embedded_lose_duplicate_and_reorder_nothing() {
+    let mut config = test_config(&seance_tests::fresh_sqlite_url(), None);
+    config.spirit.oracle_word_delay = Duration::from_millis(40);
+    many_seances_at_once(spawn_app_with_options(config, local_dev::Options::default()).await).await;
+}
+
+async fn many_seances_at_once(app: TestApp) {
+    let app = Arc::new(app);
+    let mut rooms = Vec::new();
+    for room in 0..4 {
+        let app = app.clone();
+        rooms.push(tokio::spawn(async move {
+            let created: Value = app
+                .post(
+                    "/api/sessions",
+                    json!({"name": format!("Room {room}"), "host_name": "Ada", "persona": "madame-veyra"}),
+                )
+                .await
+                .json()
+                .await
+                .unwrap();
+            let sid = created["session"]["id"].as_str().unwrap().to_owned();
+            let guest = app.join_ticket(&sid, "Bob").await;
+            let mut clients = Vec::new();
+            for ticket in [&created, &guest] {
+                let mut client = seance_tests::ws::WsClient::connect(&app.ws_url(ticket))
+                    .await
+                    .unwrap();
+                client.sync(None).await;
+                clients.push(client);
+            }
+            for i in 0..3 {
+                clients[i % 2]
+                    .send_json(ask(&format!("Room {room}, question {i}")))
+                    .await;
+            }
+            let mut transcripts = Vec::new();
+            for client in &mut clients {
+                transcripts.push(client.collect_until("spirit_response", 3).await);
+            }
+            for transcript in &transcripts {
+                assert!(
+                    transcript
+                        .iter()
+                        .all(|e| e["session_id"].as_str() == Some(sid.as_str())),
+                    "only this séance's events"
+                );
+            }
+            let answers = check_transcript(&transcripts[0]);
+            assert_eq!(check_transcript(&transcripts[1]), answers);
+            (sid, answers)
+        }));
+    }
+    for room in rooms {
+        let (sid, answers) = room.await.unwrap();
+        let stored = questions(&app, &sid).await;
+        let answered: Vec<Uuid> = answers.iter().map(|(q, _)| q.parse().unwrap()).collect();
+        assert_eq!(answered, stored);
+        let counts = replies(&app, &sid).await;
+        assert!(
+            stored.iter().all(|q| counts.get(q) == Some(&1)),
+            "{counts:?}"
+        );
+    }
+}
+
 /// A worker killed mid-answer (its invocation dropped after the first tokens): the queue
 /// hands the message out again after its visibility timeout, the question is answered
 /// once, from the start (a second `spirit_thinking` for it), and the next question follows.

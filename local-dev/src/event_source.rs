@@ -368,3 +368,72 @@ impl SqsEventSource {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(session_id: uuid::Uuid) -> Ticket {
+        Ticket {
+            session_id,
+            question_id: uuid::Uuid::now_v7(),
+            endpoint: None,
+        }
+    }
+
+    fn bodies(ready: &[(String, Value)]) -> Vec<String> {
+        let mut bodies: Vec<String> = ready
+            .iter()
+            .map(|(_, record)| record["body"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        bodies.sort();
+        bodies
+    }
+
+    #[tokio::test]
+    async fn one_message_of_a_group_in_flight_in_order_deduplicated_and_redelivered() {
+        let fifo = InProcessFifo::new(Duration::ZERO);
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let (a1, a2, b1) = (ticket(a), ticket(a), ticket(b));
+        for t in [&a1, &a2, &b1, &a1] {
+            assert!(fifo.send(t).await.is_ok());
+        }
+        assert_eq!(fifo.depth(), 3, "the repeated id was deduplicated");
+        let body = |t: &Ticket| serde_json::to_string(t).unwrap_or_default();
+        // The head of each group, no more.
+        let (ready, _) = fifo.receive();
+        let mut expected = vec![body(&a1), body(&b1)];
+        expected.sort();
+        assert_eq!(bodies(&ready), expected);
+        assert!(fifo.receive().0.is_empty(), "both groups are in flight");
+        // A failed turn: the same message again (visibility 0 here), before a2.
+        fifo.settle(&a.to_string(), false);
+        fifo.settle(&b.to_string(), true);
+        let (ready, _) = fifo.receive();
+        assert_eq!(bodies(&ready), vec![body(&a1)]);
+        assert_eq!(ready[0].1["attributes"]["ApproximateReceiveCount"], "2");
+        fifo.settle(&a.to_string(), true);
+        let (ready, _) = fifo.receive();
+        assert_eq!(bodies(&ready), vec![body(&a2)]);
+        // Three failed receives: dead-lettered.
+        fifo.settle(&a.to_string(), false);
+        fifo.receive();
+        fifo.settle(&a.to_string(), false);
+        fifo.receive();
+        fifo.settle(&a.to_string(), false);
+        assert_eq!(fifo.depth(), 0);
+        assert!(fifo.receive().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_message_stays_hidden_for_the_visibility_timeout() {
+        let fifo = InProcessFifo::new(Duration::from_secs(60));
+        let session = uuid::Uuid::now_v7();
+        assert!(fifo.send(&ticket(session)).await.is_ok());
+        assert_eq!(fifo.receive().0.len(), 1);
+        fifo.settle(&session.to_string(), false);
+        let (ready, next) = fifo.receive();
+        assert!(ready.is_empty());
+        assert!(next.is_some_and(|at| at > Instant::now() + Duration::from_secs(50)));
+    }
+}
