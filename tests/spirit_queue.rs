@@ -86,6 +86,15 @@ fn sqs_event(tickets: &[Ticket]) -> SqsEvent {
     serde_json::from_value(json!({ "Records": records })).unwrap()
 }
 
+/// The ticket `ws-message` sent for the question a `message_received` announced.
+fn ticket_for(received: &Value) -> Ticket {
+    Ticket {
+        session_id: received["session_id"].as_str().unwrap().parse().unwrap(),
+        question_id: received["message"]["id"].as_str().unwrap().parse().unwrap(),
+        endpoint: None,
+    }
+}
+
 fn epoch_ms_in(delay: Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -486,11 +495,7 @@ async fn a_model_slower_than_the_deadline_gets_the_fallback_in_time() {
     let mut table = table(app, "captain-hollow", &["Ada"]).await;
     table.clients[0].send_json(ask("Where is the ship?")).await;
     let received = table.clients[0].expect("message_received").await;
-    let ticket = Ticket {
-        session_id: table.sid.parse().unwrap(),
-        question_id: received["message"]["id"].as_str().unwrap().parse().unwrap(),
-        endpoint: None,
-    };
+    let ticket = ticket_for(&received);
     let spirit = table.app.harness.app.spirit_worker();
     // The invocation has 5 s; the reply margin leaves the model 2.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -534,11 +539,7 @@ async fn questions_of_an_ended_session_never_reach_the_model() {
     for (i, question) in ["First?", "Second?"].iter().enumerate() {
         table.clients[i].send_json(ask(question)).await;
         let received = table.clients[0].expect("message_received").await;
-        tickets.push(Ticket {
-            session_id: table.sid.parse().unwrap(),
-            question_id: received["message"]["id"].as_str().unwrap().parse().unwrap(),
-            endpoint: None,
-        });
+        tickets.push(ticket_for(&received));
     }
     let host_token = table.tickets[0]["token"].as_str().unwrap().to_owned();
     let ended = table
@@ -581,11 +582,7 @@ async fn a_redelivered_message_is_answered_once() {
     let mut table: Table = table(app, "madame-veyra", &["Ada"]).await;
     table.clients[0].send_json(ask("Is anyone there?")).await;
     let received = table.clients[0].expect("message_received").await;
-    let ticket = Ticket {
-        session_id: table.sid.parse().unwrap(),
-        question_id: received["message"]["id"].as_str().unwrap().parse().unwrap(),
-        endpoint: None,
-    };
+    let ticket = ticket_for(&received);
     let spirit = table.app.harness.app.spirit_worker();
     let event = sqs_event(std::slice::from_ref(&ticket));
     assert!(
