@@ -145,8 +145,13 @@ async fn health(app: &TestApp) -> (u16, Value) {
             "redis",
             "spirit",
             "status",
-            "timestamp"
+            "timestamp",
+            "voice"
         ]
+    );
+    assert_eq!(
+        body["voice"], "offline (hummed letters)",
+        "the harness hums by default"
     );
     (status, body)
 }

@@ -364,12 +364,19 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         Some(TurnState::Speaking)
     );
 
-    let ReplyOutcome::Stored(reply) = store.store_reply(ids[0], "YES".into()).await.unwrap() else {
+    let ReplyOutcome::Stored(reply) = store
+        .store_reply(ids[0], Uuid::now_v7(), "YES".into())
+        .await
+        .unwrap()
+    else {
         panic!("the first reply is stored");
     };
     assert_eq!(reply.in_reply_to, Some(ids[0]));
     assert_eq!(
-        store.store_reply(ids[0], "NO".into()).await.unwrap(),
+        store
+            .store_reply(ids[0], Uuid::now_v7(), "NO".into())
+            .await
+            .unwrap(),
         ReplyOutcome::AlreadyAnswered
     );
 
@@ -387,7 +394,9 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     // The session ends: what is owed is dropped, and a late reply is refused.
     store.end_session(session.id).await.unwrap();
     assert!(matches!(
-        store.store_reply(ids[1], "late".into()).await,
+        store
+            .store_reply(ids[1], Uuid::now_v7(), "late".into())
+            .await,
         Err(StoreError::SessionEnded)
     ));
     assert_eq!(store.turn_state(session.id).await.unwrap(), None);

@@ -15,6 +15,8 @@ use crate::spirit::SpiritProvider;
 use crate::spirit::queue::{NoQueue, QuestionQueue, SqsQueue};
 use crate::spirit::turn::Spirit;
 use crate::store::{Database, DynStore, StoreError};
+use crate::voice::VoiceProvider;
+use crate::voice::cache::{InProcessVoiceCache, RedisVoiceCache, VoiceCache};
 
 #[derive(Clone)]
 pub struct App {
@@ -33,6 +35,9 @@ pub struct App {
     pub spirit: Arc<dyn SpiritProvider>,
     /// Where accepted questions go: SQS (`SPIRIT_QUEUE_URL`), or the harness's own queue.
     pub questions: Arc<dyn QuestionQueue>,
+    /// The spirit's voice (`VOICE_PROVIDER`), and its cache of identical answers.
+    pub voice: Option<Arc<dyn VoiceProvider>>,
+    pub voice_cache: Arc<dyn VoiceCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +103,16 @@ impl App {
             None => Arc::new(NoQueue),
         };
         let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(&config.aws_region, credentials));
+        let voice = crate::voice::build_voice(&config.voice);
+        let voice_cache: Arc<dyn VoiceCache> = match &redis {
+            Some(redis) => Arc::new(RedisVoiceCache::new(
+                redis.clone(),
+                &config.redis_key_prefix,
+                config.voice_cache_bytes,
+                config.voice_cache_ttl,
+            )),
+            None => Arc::new(InProcessVoiceCache::new(config.voice_cache_bytes)),
+        };
         let app = Self {
             connections,
             pusher,
@@ -105,6 +120,8 @@ impl App {
             board: Arc::new(Board::classic()),
             spirit,
             questions,
+            voice,
+            voice_cache,
             store: database.store(),
             tokens,
             redis,
@@ -135,6 +152,8 @@ impl App {
             provider: self.spirit.clone(),
             config: Arc::new(self.config.spirit.clone()),
             endpoint: Arc::from(self.push_endpoint(None, None)),
+            voice: self.voice.clone(),
+            voice_cache: self.voice_cache.clone(),
         }
     }
 

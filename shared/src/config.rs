@@ -71,6 +71,24 @@ pub enum SpiritProviderConfig {
     Oracle { seed: u64 },
 }
 
+/// The spirit's voice (`VOICE_PROVIDER`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum VoiceConfig {
+    /// Text only.
+    None,
+    /// The offline synthesiser: hummed letters, no key.
+    Offline,
+    ElevenLabs {
+        api_key: Secret,
+        /// `ELEVENLABS_BASE_URL`, for proxies and tests.
+        base_url: String,
+        /// `ELEVENLABS_MODEL`.
+        model: String,
+        /// `ELEVENLABS_OUTPUT_FORMAT`.
+        output_format: String,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct SpiritConfig {
     pub provider: SpiritProviderConfig,
@@ -162,6 +180,12 @@ pub struct Config {
     /// client API Gateway's own timeout frame (`WS_INTEGRATION_TIMEOUT`, 29 s, fixed on AWS).
     pub ws_integration_timeout: Duration,
     pub spirit: SpiritConfig,
+    pub voice: VoiceConfig,
+    /// Bytes of synthesised audio the voice cache may hold in process, and the largest
+    /// answer Redis keeps (`VOICE_CACHE_BYTES`, 8 MiB).
+    pub voice_cache_bytes: usize,
+    /// How long Redis keeps a cached answer (`VOICE_CACHE_TTL`, 1 day).
+    pub voice_cache_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -364,6 +388,8 @@ impl Config {
             });
         }
 
+        let voice = voice_config(&get, lambda)?;
+
         let max_participants_cap = parse_num(&get, "MAX_PARTICIPANTS_CAP", 12u8, 2, 12)?;
         let default_max_participants = parse_num(
             &get,
@@ -410,6 +436,15 @@ impl Config {
             ws_max_lifetime: duration("WS_MAX_LIFETIME", Duration::from_secs(7200))?,
             ws_integration_timeout: duration("WS_INTEGRATION_TIMEOUT", Duration::from_secs(29))?,
             spirit,
+            voice,
+            voice_cache_bytes: parse_num(
+                &get,
+                "VOICE_CACHE_BYTES",
+                8 * 1024 * 1024,
+                0,
+                1024 * 1024 * 1024,
+            )?,
+            voice_cache_ttl: duration("VOICE_CACHE_TTL", Duration::from_secs(86_400))?,
         })
     }
 
@@ -455,6 +490,50 @@ impl Config {
     pub fn uses_sqlite(&self) -> bool {
         self.database_url.expose().starts_with("sqlite:")
     }
+}
+
+fn voice_config(
+    get: &impl Fn(&str) -> Option<String>,
+    lambda: bool,
+) -> Result<VoiceConfig, ConfigError> {
+    let key = get("ELEVENLABS_API_KEY");
+    let choice = match get("VOICE_PROVIDER").as_deref() {
+        Some(p @ ("elevenlabs" | "offline" | "none")) => p.to_owned(),
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "VOICE_PROVIDER",
+                reason: format!("`{other}` is not elevenlabs, offline or none"),
+            });
+        }
+        None if key.is_some() => "elevenlabs".into(),
+        // Text only in Lambda unless asked; the harness hums.
+        None if lambda => "none".into(),
+        None => "offline".into(),
+    };
+    Ok(match choice.as_str() {
+        "elevenlabs" => {
+            let base_url =
+                get("ELEVENLABS_BASE_URL").unwrap_or_else(|| "https://api.elevenlabs.io".into());
+            if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+                return Err(ConfigError::Invalid {
+                    var: "ELEVENLABS_BASE_URL",
+                    reason: "must start with http:// or https://".into(),
+                });
+            }
+            VoiceConfig::ElevenLabs {
+                api_key: Secret::new(key.ok_or(ConfigError::Missing {
+                    var: "ELEVENLABS_API_KEY",
+                    hint: "an ElevenLabs API key, or VOICE_PROVIDER=offline or none",
+                })?),
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                model: get("ELEVENLABS_MODEL").unwrap_or_else(|| "eleven_flash_v2_5".into()),
+                output_format: get("ELEVENLABS_OUTPUT_FORMAT")
+                    .unwrap_or_else(|| "mp3_44100_128".into()),
+            }
+        }
+        "offline" => VoiceConfig::Offline,
+        _ => VoiceConfig::None,
+    })
 }
 
 fn spirit_config(
@@ -728,6 +807,40 @@ mod tests {
             let err = Config::from_vars(Profile::Harness, &vars(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{var}: {err}");
         }
+    }
+
+    #[test]
+    fn the_voice_is_offline_in_the_harness_and_off_in_lambda() {
+        assert_eq!(Config::harness_defaults().voice, VoiceConfig::Offline);
+        let lambda = Config::from_vars(Profile::Lambda, &vars(&lambda_vars())).unwrap();
+        assert_eq!(lambda.voice, VoiceConfig::None);
+        let mut pairs = lambda_vars();
+        pairs.push(("ELEVENLABS_API_KEY", "xi-secret-key"));
+        let config = Config::from_vars(Profile::Lambda, &vars(&pairs)).unwrap();
+        assert!(matches!(
+            &config.voice,
+            VoiceConfig::ElevenLabs { model, output_format, .. }
+                if model == "eleven_flash_v2_5" && output_format == "mp3_44100_128"
+        ));
+        assert!(!format!("{config:?}").contains("xi-secret-key"));
+        let err = Config::from_vars(Profile::Harness, &vars(&[("VOICE_PROVIDER", "elevenlabs")]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: "ELEVENLABS_API_KEY",
+                ..
+            }
+        ));
+        let err =
+            Config::from_vars(Profile::Harness, &vars(&[("VOICE_PROVIDER", "loud")])).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                var: "VOICE_PROVIDER",
+                ..
+            }
+        ));
     }
 
     #[test]

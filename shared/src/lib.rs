@@ -18,6 +18,7 @@ pub mod rest;
 pub mod spirit;
 pub mod store;
 pub mod telemetry;
+pub mod voice;
 pub mod ws;
 
 pub use app::App;

@@ -181,6 +181,23 @@ pub enum ServerEvent {
         /// True when the model failed and this is a stock in-character line.
         fallback: bool,
     },
+    /// A piece of the spirit's spoken answer: the audio bytes are the same for everyone,
+    /// the pan track is this listener's own.
+    SpiritAudio {
+        /// The id the answer's `spirit_response` message will have.
+        message_id: Uuid,
+        question_id: Uuid,
+        /// 0, 1, 2…; reassemble by `message_id` and `seq`.
+        seq: u64,
+        /// True on the last piece of this answer's audio.
+        last: bool,
+        /// The encoding, e.g. `mp3_44100_128` or `wav_11025_16`.
+        format: String,
+        /// This piece's bytes, base64; concatenated in `seq` order they are the whole file.
+        audio_base64: String,
+        /// Where this listener hears the voice during this piece's stretch of the answer.
+        pan_track: Vec<crate::voice::PanPoint>,
+    },
     SessionEnded {},
     Error {
         code: ErrorCode,

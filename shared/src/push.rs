@@ -236,6 +236,91 @@ impl Broadcaster {
         .await
     }
 
+    /// Sends each of the session's connections its own event, made from the connection
+    /// (its seat, say), concurrently, as [`broadcast`](Self::broadcast) does.
+    pub async fn broadcast_each(
+        &self,
+        endpoint: &str,
+        session_id: Uuid,
+        make: impl Fn(&Connection) -> ServerEvent,
+    ) -> FanoutReport {
+        let mut report = FanoutReport::default();
+        let recipients = match self.connections.in_session(session_id).await {
+            Ok(all) => all,
+            Err(err) => {
+                tracing::warn!(%err, %session_id, "cannot list the session's connections");
+                report.failed += 1;
+                return report;
+            }
+        };
+        let pushes = recipients
+            .into_iter()
+            .map(|c| {
+                let text: Arc<str> = Arc::from(encode(session_id, &make(&c)));
+                (c, text)
+            })
+            .collect();
+        let left = self.push_all(endpoint, pushes, &mut report).await;
+        if !left.is_empty() {
+            let more = self
+                .fan_out(
+                    endpoint,
+                    session_id,
+                    left.into_iter()
+                        .map(|e| (e, Target::Audience(Audience::Everyone)))
+                        .collect(),
+                )
+                .await;
+            report.delivered += more.delivered;
+            report.gone += more.gone;
+            report.failed += more.failed;
+        }
+        report
+    }
+
+    /// Pushes each text to its connection, at most [`FANOUT_CONCURRENCY`] at once. A 410
+    /// forgets the connection; the `user_left` events that follows are returned.
+    async fn push_all(
+        &self,
+        endpoint: &str,
+        pushes: Vec<(Connection, Arc<str>)>,
+        report: &mut FanoutReport,
+    ) -> Vec<ServerEvent> {
+        let results: Vec<(Connection, Result<(), PushError>)> = futures_util::stream::iter(pushes)
+            .map(|(connection, text)| async move {
+                let result = self
+                    .pusher
+                    .send(endpoint, &connection.connection_id, &text)
+                    .await;
+                (connection, result)
+            })
+            .buffer_unordered(FANOUT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut left = Vec::new();
+        for (connection, result) in results {
+            match result {
+                Ok(()) => report.delivered += 1,
+                Err(PushError::Gone) => {
+                    report.gone += 1;
+                    tracing::info!(connection_id = %connection.connection_id, "connection gone; forgetting it");
+                    match self.connections.remove(&connection.connection_id).await {
+                        Ok(Some((gone, Presence::Changed))) => left.push(ServerEvent::UserLeft {
+                            participant: gone.participant,
+                        }),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(%err, "cannot forget a gone connection"),
+                    }
+                }
+                Err(err) => {
+                    report.failed += 1;
+                    tracing::warn!(connection_id = %connection.connection_id, %err, "push failed");
+                }
+            }
+        }
+        left
+    }
+
     /// Works through a queue, because pruning a gone connection can itself produce an
     /// event (`user_left`) for those still there.
     async fn fan_out(
@@ -265,43 +350,13 @@ impl Broadcaster {
                     }
                 },
             };
-            let text = encode(session_id, &event);
-            let text = text.as_str();
-            let results: Vec<(Connection, Result<(), PushError>)> =
-                futures_util::stream::iter(recipients)
-                    .map(|connection| async move {
-                        let result = self
-                            .pusher
-                            .send(endpoint, &connection.connection_id, text)
-                            .await;
-                        (connection, result)
-                    })
-                    .buffer_unordered(FANOUT_CONCURRENCY)
-                    .collect()
-                    .await;
-            for (connection, result) in results {
-                match result {
-                    Ok(()) => report.delivered += 1,
-                    Err(PushError::Gone) => {
-                        report.gone += 1;
-                        tracing::info!(connection_id = %connection.connection_id, "connection gone; forgetting it");
-                        match self.connections.remove(&connection.connection_id).await {
-                            Ok(Some((gone, Presence::Changed))) => queue.push_back((
-                                ServerEvent::UserLeft {
-                                    participant: gone.participant,
-                                },
-                                Target::Audience(Audience::Everyone),
-                            )),
-                            Ok(_) => {}
-                            Err(err) => tracing::warn!(%err, "cannot forget a gone connection"),
-                        }
-                    }
-                    Err(err) => {
-                        report.failed += 1;
-                        tracing::warn!(connection_id = %connection.connection_id, %err, "push failed");
-                    }
-                }
-            }
+            let text: Arc<str> = Arc::from(encode(session_id, &event));
+            let pushes = recipients.into_iter().map(|c| (c, text.clone())).collect();
+            let left = self.push_all(endpoint, pushes, &mut report).await;
+            queue.extend(
+                left.into_iter()
+                    .map(|e| (e, Target::Audience(Audience::Everyone))),
+            );
         }
         report
     }

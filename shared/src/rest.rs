@@ -236,6 +236,8 @@ pub struct HealthBody {
     pub database_backend: &'static str,
     /// Which model answers for the spirit, e.g. `oracle (offline)` or `gemini (gemini-flash-latest)`.
     pub spirit: String,
+    /// Who speaks the answers: `none`, `offline (hummed letters)` or `elevenlabs (model)`.
+    pub voice: String,
     pub timestamp: DateTime<Utc>,
 }
 
@@ -322,6 +324,10 @@ pub async fn health(State(app): State<App>) -> Response {
         redis: redis.unwrap_or("disconnected"),
         database_backend: app.store.backend(),
         spirit: app.spirit.describe(),
+        voice: app
+            .voice
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |voice| voice.describe()),
         timestamp: Utc::now(),
     };
     let status = if healthy {

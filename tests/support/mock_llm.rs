@@ -126,7 +126,11 @@ async fn respond(reply: Reply) -> Response {
                                 (events, false),
                             ))
                         }
-                        None if cut => Some((Err(std::io::Error::other("cut")), (events, false))),
+                        None if cut => {
+                            // Let what was sent reach the client before the break.
+                            tokio::time::sleep(delay).await;
+                            Some((Err(std::io::Error::other("cut")), (events, false)))
+                        }
                         None => None,
                     }
                 },
@@ -240,5 +244,48 @@ pub fn stream(events: Vec<String>) -> Reply {
         events,
         delay: Duration::from_millis(20),
         cut: false,
+    }
+}
+
+/// One line of ElevenLabs' `stream/with-timestamps` answer: a piece of audio and the
+/// alignment of the characters it speaks (or null).
+pub fn elevenlabs_line(audio: &[u8], alignment: Option<Value>) -> String {
+    use base64::Engine;
+    let line = json!({
+        "audio_base64": base64::engine::general_purpose::STANDARD.encode(audio),
+        "alignment": alignment.clone(),
+        "normalized_alignment": alignment,
+    });
+    format!("{line}\n")
+}
+
+/// An alignment for `text`, one character every `step` seconds from `start`.
+pub fn elevenlabs_alignment(text: &str, start: f64, step: f64) -> Value {
+    let chars: Vec<String> = text.chars().map(String::from).collect();
+    let starts: Vec<f64> = (0..chars.len()).map(|i| start + step * i as f64).collect();
+    let ends: Vec<f64> = starts.iter().map(|s| s + step).collect();
+    json!({
+        "characters": chars,
+        "character_start_times_seconds": starts,
+        "character_end_times_seconds": ends,
+    })
+}
+
+/// ElevenLabs' error bodies: `detail` as an object, or (422) a list.
+pub fn elevenlabs_error(status: u16) -> Reply {
+    let body = match status {
+        401 => json!({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}),
+        422 => {
+            json!({"detail": [{"loc": ["body", "text"], "msg": "field required", "type": "value_error.missing"}]})
+        }
+        429 => {
+            json!({"detail": {"status": "too_many_concurrent_requests", "message": "Too many concurrent requests"}})
+        }
+        _ => json!({"detail": {"status": "internal_error", "message": "Something went wrong"}}),
+    };
+    Reply::Error {
+        status,
+        body: body.to_string(),
+        headers: vec![],
     }
 }

@@ -45,6 +45,10 @@ pub struct PathBuilder<'a> {
     next_at: u64,
     spelled_any: bool,
     in_gap: bool,
+    /// When the last point was placed.
+    last_at: u64,
+    /// When the current word gap was heard.
+    gap_at: u64,
 }
 
 impl<'a> PathBuilder<'a> {
@@ -55,6 +59,8 @@ impl<'a> PathBuilder<'a> {
             next_at: 0,
             spelled_any: false,
             in_gap: false,
+            last_at: 0,
+            gap_at: 0,
         }
     }
 
@@ -85,6 +91,40 @@ impl<'a> PathBuilder<'a> {
                 self.in_gap = false;
             }
             points.extend(self.point(&upper.to_string()));
+            self.last_at = self.next_at;
+            self.next_at += self.pace.symbol_ms;
+            self.spelled_any = true;
+        }
+        points
+    }
+
+    /// As [`push`](Self::push), but each character at the time it is heard (ms from the
+    /// start of the answer): letters where they are spoken, REST where the space is. Later
+    /// paced pieces carry on after the last heard letter.
+    pub fn push_timed(&mut self, heard: &[(char, u64)]) -> Vec<PathPoint> {
+        let mut points = Vec::new();
+        for &(c, at) in heard {
+            if c.is_whitespace() {
+                if self.spelled_any && !self.in_gap {
+                    self.gap_at = at;
+                }
+                self.in_gap = self.spelled_any;
+                continue;
+            }
+            let upper = c.to_ascii_uppercase();
+            if !upper.is_ascii_alphanumeric() {
+                continue;
+            }
+            let floor = points.last().map_or(self.last_at, |p: &PathPoint| p.at_ms);
+            if self.in_gap {
+                self.next_at = self.gap_at.max(floor);
+                points.extend(self.point("REST"));
+                self.in_gap = false;
+            }
+            let floor = points.last().map_or(self.last_at, |p: &PathPoint| p.at_ms);
+            self.next_at = at.max(floor);
+            points.extend(self.point(&upper.to_string()));
+            self.last_at = self.next_at;
             self.next_at += self.pace.symbol_ms;
             self.spelled_any = true;
         }
@@ -152,6 +192,30 @@ mod tests {
             ["Y", "E", "S"]
         );
         assert_eq!(special_target("noble"), None);
+    }
+
+    #[test]
+    fn heard_letters_are_placed_when_heard() {
+        let board = Board::classic();
+        let mut builder = PathBuilder::new(&board, PACE);
+        let heard: Vec<(char, u64)> = "No, 12".chars().zip([0, 180, 300, 420, 600, 790]).collect();
+        let points = builder.push_timed(&heard);
+        let timed: Vec<(&str, u64)> = points
+            .iter()
+            .map(|p| (p.symbol.as_str(), p.at_ms))
+            .collect();
+        assert_eq!(
+            timed,
+            [("N", 0), ("O", 180), ("REST", 420), ("1", 600), ("2", 790)]
+        );
+        // A paced piece after it carries on from the last heard letter.
+        let more = builder.push(" ok");
+        assert_eq!(more[0].symbol, "REST");
+        assert_eq!(more[0].at_ms, 790 + PACE.symbol_ms);
+        // The symbols are those of the unheard path.
+        let mut all = points.clone();
+        all.extend(more);
+        assert_eq!(symbols(&all), symbols(&path(&board, PACE, "No, 12 ok")));
     }
 
     #[test]

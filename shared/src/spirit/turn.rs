@@ -23,6 +23,8 @@ use crate::personas::{Persona, Personas};
 use crate::protocol::ServerEvent;
 use crate::push::{Audience, Broadcaster};
 use crate::store::{Claim, ClaimedQuestion, DynStore, ReplyOutcome, StoreError};
+use crate::voice::cache::{CacheKey, VoiceCache};
+use crate::voice::{SpeechPiece, Timeline, VoiceProvider};
 
 /// The shortest time between two `spirit_token` pushes of one answer.
 pub const TOKEN_INTERVAL: Duration = Duration::from_millis(100);
@@ -46,7 +48,16 @@ pub struct Spirit {
     pub config: Arc<SpiritConfig>,
     /// The `@connections` endpoint for tickets that name none.
     pub endpoint: Arc<str>,
+    /// The voice, when answers are spoken.
+    pub voice: Option<Arc<dyn VoiceProvider>>,
+    pub voice_cache: Arc<dyn VoiceCache>,
 }
+
+/// Raw audio bytes per `spirit_audio` message at most: base64 makes 24 KB of it, leaving
+/// room for the pan track and the envelope within API Gateway's 32 KB frame.
+pub const AUDIO_CHUNK_BYTES: usize = 18 * 1024;
+/// API Gateway's frame.
+pub const FRAME_BYTES: usize = 32 * 1024;
 
 /// Why a queue message should come back (SQS redelivers it after its visibility timeout).
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +141,14 @@ impl Spirit {
                 .saturating_duration_since(Instant::now())
                 .saturating_sub(REPLY_MARGIN);
             let budget = self.config.deadline.min(left);
-            self.answer(endpoint, &persona, &claimed, budget).await?;
+            self.answer(
+                endpoint,
+                &persona,
+                &claimed,
+                session.max_participants,
+                budget,
+            )
+            .await?;
         }
     }
 
@@ -147,6 +165,7 @@ impl Spirit {
         endpoint: &str,
         persona: &Persona,
         claimed: &ClaimedQuestion,
+        seats: u32,
         budget: Duration,
     ) -> Result<(), TurnError> {
         let question = &claimed.message;
@@ -165,27 +184,64 @@ impl Spirit {
             )
             .await;
         let started = Instant::now();
-        let (streamed, outcome) = if claimed.attempts > MAX_ATTEMPTS {
-            (
-                String::new(),
-                Err(super::SpiritError::Refused("too many attempts".into())),
-            )
+        let reply_id = Uuid::now_v7();
+        let skip_model = if claimed.attempts > MAX_ATTEMPTS {
+            Some(super::SpiritError::Refused("too many attempts".into()))
         } else if budget.is_zero() {
-            (String::new(), Err(super::SpiritError::Deadline))
+            Some(super::SpiritError::Deadline)
         } else {
-            let request = self.request_for(persona, question, budget).await;
-            self.stream_answer(endpoint, persona, question, &request, budget)
-                .await
+            None
         };
-        let (content, fallback) = match (&outcome, streamed.trim().is_empty()) {
-            (Ok(()), false) => (streamed, false),
+        let settle = |text: String, outcome: &Result<(), super::SpiritError>| match (
+            outcome,
+            text.trim().is_empty(),
+        ) {
+            (Ok(()), false) => (text, false),
             _ => {
                 tracing::info!(error = ?outcome.as_ref().err(), "the spirit falls back to a stock line");
                 (fallback_line(&persona.id, question.id), true)
             }
         };
-        let path = planchette::path(&self.board, self.pace(), &content);
-        let message = match self.store.store_reply(question.id, content).await {
+        let (content, fallback, path) = match &self.voice {
+            // Spoken: the whole answer first, then the voice leads the tokens and the
+            // planchette, so each letter is reached as it is heard.
+            Some(voice) => {
+                let (text, outcome) = match skip_model {
+                    Some(err) => (String::new(), Err(err)),
+                    None => {
+                        let request = self.request_for(persona, question, budget).await;
+                        self.collect_answer(persona, &request, budget).await
+                    }
+                };
+                let (content, fallback) = settle(text, &outcome);
+                let spoken = Spoken {
+                    endpoint,
+                    question,
+                    reply_id,
+                    seats,
+                    voice_id: persona
+                        .voice_id
+                        .clone()
+                        .unwrap_or_else(|| persona.id.clone()),
+                };
+                let path = self.speak(voice.as_ref(), &spoken, &content).await;
+                (content, fallback, path)
+            }
+            None => {
+                let (streamed, outcome) = match skip_model {
+                    Some(err) => (String::new(), Err(err)),
+                    None => {
+                        let request = self.request_for(persona, question, budget).await;
+                        self.stream_answer(endpoint, persona, question, &request, budget)
+                            .await
+                    }
+                };
+                let (content, fallback) = settle(streamed, &outcome);
+                let path = planchette::path(&self.board, self.pace(), &content);
+                (content, fallback, path)
+            }
+        };
+        let message = match self.store.store_reply(question.id, reply_id, content).await {
             Ok(ReplyOutcome::Stored(message)) => message,
             Ok(ReplyOutcome::AlreadyAnswered) => {
                 tracing::info!(question_id = %question.id, "already answered; not announcing twice");
@@ -214,6 +270,94 @@ impl Spirit {
             )
             .await;
         Ok(())
+    }
+
+    /// The model's whole answer, cut at the persona's word limit, without streaming it.
+    async fn collect_answer(
+        &self,
+        persona: &Persona,
+        request: &SpiritRequest,
+        budget: Duration,
+    ) -> (String, Result<(), super::SpiritError>) {
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let max_words = persona.max_words.min(super::super::personas::MAX_WORDS_CAP) as usize;
+        let producer = async move {
+            match tokio::time::timeout(budget, self.provider.stream(request, tx)).await {
+                Ok(result) => result,
+                Err(_) => Err(super::SpiritError::Deadline),
+            }
+        };
+        let consumer = async move {
+            let mut text = String::new();
+            while let Some(piece) = rx.recv().await {
+                text.push_str(&piece);
+                // One word past the limit tells the last is whole.
+                if text.split_whitespace().count() > max_words {
+                    break;
+                }
+            }
+            // Dropping the receiver tells the provider to stop.
+            drop(rx);
+            super::cut_words(&text, max_words as u32)
+        };
+        let (outcome, text) = tokio::join!(producer, consumer);
+        (text, outcome)
+    }
+
+    /// Speaks `content`: `spirit_token`s as the voice reaches each word, their planchette
+    /// points at the moments the letters are heard, and the audio in `spirit_audio`
+    /// pieces, each listener with its own pan track. A voice that fails before its first
+    /// piece leaves the answer exactly as without one (one token, today's pacing); one
+    /// that fails later has the rest paced on from the last letter heard. Returns the
+    /// whole path.
+    async fn speak(
+        &self,
+        voice: &dyn VoiceProvider,
+        spoken: &Spoken<'_>,
+        content: &str,
+    ) -> Vec<PathPoint> {
+        let key = CacheKey {
+            voice_id: spoken.voice_id.clone(),
+            model: voice.model(),
+            format: voice.format(),
+            text: content.to_owned(),
+        };
+        let cached = self.voice_cache.get(&key).await;
+        let from_cache = cached.is_some();
+        let (tx, mut rx) = mpsc::channel::<SpeechPiece>(16);
+        let producer = async move {
+            match cached {
+                Some(pieces) => {
+                    for piece in pieces {
+                        if tx.send(piece).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+                None => voice.speak(&spoken.voice_id, content, tx).await,
+            }
+        };
+        let consumer = async {
+            let mut delivery = Delivery::new(self, spoken, content, voice.format());
+            let mut kept: Vec<SpeechPiece> = Vec::new();
+            while let Some(piece) = rx.recv().await {
+                delivery.heard(&piece).await;
+                if !from_cache {
+                    kept.push(piece);
+                }
+            }
+            (delivery, kept)
+        };
+        let (outcome, (delivery, kept)) = tokio::join!(producer, consumer);
+        match &outcome {
+            Ok(()) if !from_cache && !kept.is_empty() => self.voice_cache.put(&key, &kept).await,
+            Ok(()) => {}
+            Err(err) => {
+                tracing::warn!(%err, voice = %voice.describe(), "the voice failed; the answer goes on without it")
+            }
+        }
+        delivery.finish().await
     }
 
     /// The persona and the session's recent conversation, ending with the question.
@@ -388,6 +532,197 @@ impl Spirit {
         };
         let (outcome, text) = tokio::join!(producer, consumer);
         (text, outcome)
+    }
+}
+
+/// Who a spoken answer is for.
+struct Spoken<'a> {
+    endpoint: &'a str,
+    question: &'a Message,
+    reply_id: Uuid,
+    /// The table's size, for each listener's pan.
+    seats: u32,
+    voice_id: String,
+}
+
+/// A spoken answer going out: the words heard so far become tokens, and the audio goes
+/// out a piece behind, so the last can say it is the last.
+struct Delivery<'a> {
+    spirit: &'a Spirit,
+    spoken: &'a Spoken<'a>,
+    chars: Vec<char>,
+    /// How many of `chars` have gone out as tokens.
+    sent: usize,
+    timeline: Timeline,
+    builder: PathBuilder<'a>,
+    path: Vec<PathPoint>,
+    token_seq: u64,
+    audio_seq: u64,
+    format: String,
+    /// Audio and the points heard with it, not yet sent.
+    held: Option<(Vec<u8>, Vec<PathPoint>)>,
+    special: Option<&'static str>,
+}
+
+impl<'a> Delivery<'a> {
+    fn new(spirit: &'a Spirit, spoken: &'a Spoken<'a>, content: &str, format: String) -> Self {
+        Self {
+            spirit,
+            spoken,
+            chars: content.chars().collect(),
+            sent: 0,
+            timeline: Timeline::default(),
+            builder: PathBuilder::new(&spirit.board, spirit.pace()),
+            path: Vec::new(),
+            token_seq: 0,
+            audio_seq: 0,
+            format,
+            held: None,
+            special: special_target(content),
+        }
+    }
+
+    /// One piece of audio arrived: the words it completes go out, then the audio before it.
+    async fn heard(&mut self, piece: &SpeechPiece) {
+        if let Some(alignment) = &piece.alignment {
+            self.timeline.extend(alignment);
+        }
+        let heard = self.timeline.heard.len().min(self.chars.len());
+        // Whole words only: up to the last space heard, or everything once all is heard.
+        let upto = if heard == self.chars.len() {
+            heard
+        } else {
+            self.chars[..heard]
+                .iter()
+                .rposition(|c| c.is_whitespace())
+                .map_or(self.sent, |i| i + 1)
+        };
+        let points = if upto > self.sent && self.special.is_none() {
+            let timed: Vec<(char, u64)> = (self.sent..upto)
+                .map(|i| (self.chars[i], self.timeline.heard[i].1))
+                .collect();
+            let points = self.builder.push_timed(&timed);
+            self.token((self.sent, upto), points.clone()).await;
+            self.sent = upto;
+            points
+        } else {
+            Vec::new()
+        };
+        if let Some((audio, earlier)) = self.held.take() {
+            self.audio(audio, &earlier, false).await;
+        }
+        self.held = Some((piece.audio.clone(), points));
+    }
+
+    /// Everything not heard goes out paced on; the held audio goes out as the last.
+    async fn finish(mut self) -> Vec<PathPoint> {
+        if self.sent < self.chars.len() {
+            let points = match self.special {
+                Some(target) => self.builder.target(target),
+                None => {
+                    let rest: String = self.chars[self.sent..].iter().collect();
+                    self.builder.push(&rest)
+                }
+            };
+            self.token((self.sent, self.chars.len()), points.clone())
+                .await;
+            self.sent = self.chars.len();
+            if let Some((_, held_points)) = &mut self.held {
+                held_points.extend(points);
+            }
+        }
+        if let Some((audio, points)) = self.held.take() {
+            self.audio(audio, &points, true).await;
+        }
+        self.path
+    }
+
+    async fn token(&mut self, (from, to): (usize, usize), points: Vec<PathPoint>) {
+        let words: Vec<String> = self.chars[from..to]
+            .iter()
+            .collect::<String>()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if words.is_empty() {
+            self.path.extend(points);
+            return;
+        }
+        let mut text = words.join(" ");
+        if from > 0 {
+            text.insert(0, ' ');
+        }
+        if self.token_seq == 0
+            && let Err(err) = self
+                .spirit
+                .store
+                .mark_speaking(self.spoken.question.id)
+                .await
+        {
+            tracing::debug!(%err, "could not mark the question speaking");
+        }
+        self.path.extend(points.iter().cloned());
+        self.spirit
+            .broadcaster
+            .broadcast(
+                self.spoken.endpoint,
+                self.spoken.question.session_id,
+                &ServerEvent::SpiritToken {
+                    question_id: self.spoken.question.id,
+                    seq: self.token_seq,
+                    text,
+                    planchette: points,
+                },
+                Audience::Everyone,
+            )
+            .await;
+        self.token_seq += 1;
+    }
+
+    /// One piece of audio, in messages that each fit one frame; the pan track (from the
+    /// planchette points heard with it) rides on the first.
+    async fn audio(&mut self, audio: Vec<u8>, points: &[PathPoint], last: bool) {
+        use base64::Engine;
+        if audio.is_empty() && !last {
+            return;
+        }
+        let seats = self.spoken.seats;
+        let sources: Vec<(u64, f64, f64)> = points.iter().map(|p| (p.at_ms, p.x, p.y)).collect();
+        let track_len = serde_json::to_string(&crate::voice::pan::track(0, seats, &sources))
+            .map_or(0, |t| t.len());
+        // Room for the track (with a margin for other seats' numbers) and the envelope.
+        let room = FRAME_BYTES.saturating_sub(track_len + track_len / 4 + 1024);
+        let chunk = AUDIO_CHUNK_BYTES.min(room / 4 * 3).max(1024);
+        let pieces: Vec<&[u8]> = if audio.is_empty() {
+            vec![&[][..]]
+        } else {
+            audio.chunks(chunk).collect()
+        };
+        let count = pieces.len();
+        for (i, bytes) in pieces.into_iter().enumerate() {
+            let audio_base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let with_track = i == 0;
+            let seq = self.audio_seq;
+            self.spirit
+                .broadcaster
+                .broadcast_each(self.spoken.endpoint, self.spoken.question.session_id, |c| {
+                    ServerEvent::SpiritAudio {
+                        message_id: self.spoken.reply_id,
+                        question_id: self.spoken.question.id,
+                        seq,
+                        last: last && i + 1 == count,
+                        format: self.format.clone(),
+                        audio_base64: audio_base64.clone(),
+                        pan_track: if with_track {
+                            crate::voice::pan::track(c.participant.seat, seats, &sources)
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                })
+                .await;
+            self.audio_seq += 1;
+        }
     }
 }
 

@@ -210,9 +210,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores the spirit's reply to `question_id` and marks the question answered, in one
     /// transaction. A question has at most one reply (a unique index says so).
+    /// `reply_id` is chosen before the answer is spoken, so its audio can name it.
     async fn store_reply(
         &self,
         question_id: Uuid,
+        reply_id: Uuid,
         content: String,
     ) -> Result<ReplyOutcome, StoreError>;
 

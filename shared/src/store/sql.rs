@@ -593,10 +593,11 @@ macro_rules! impl_sql_store {
             async fn store_reply(
                 &self,
                 question_id: Uuid,
+                reply_id: Uuid,
                 content: String,
             ) -> Result<ReplyOutcome, StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let id = Uuid::now_v7();
+                let id = reply_id;
                 let created_at = now();
                 let inserted = sqlx::query(INSERT_REPLY)
                     .bind(id)
