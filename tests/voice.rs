@@ -263,8 +263,12 @@ async fn the_offline_voice_speaks_for_every_seat() {
 
 /// A Gemini-shaped model for the text, an ElevenLabs-shaped server for the voice.
 async fn spoken_app(model: &MockLlm, voice: &MockLlm) -> TestApp {
+    spoken_app_on(Backend::Sqlite, model, voice).await
+}
+
+async fn spoken_app_on(backend: Backend, model: &MockLlm, voice: &MockLlm) -> TestApp {
     let (model_url, voice_url) = (model.base_url.clone(), voice.base_url.clone());
-    spawn_app_configured(Backend::Sqlite, move |config| {
+    spawn_app_configured(backend, move |config| {
         config.spirit.provider = SpiritProviderConfig::Gemini {
             api_key: Secret::new("test-key"),
             model: "gemini-test".into(),
@@ -436,16 +440,15 @@ async fn a_voice_cut_midway_still_finishes_the_answer() {
     assert_eq!(bytes, b"\xff\xfbheavy");
 }
 
-/// The same answer in the same voice is synthesised once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identical_answers_are_synthesised_once() {
+/// The same answer in the same voice is synthesised once: in process, and in Redis.
+async fn identical_answers_are_synthesised_once(backend: Backend) {
     let model = MockLlm::start(vec![stream(gemini_stream(&["YES"], "STOP"))]).await;
     let voice = MockLlm::start(vec![ndjson(
         &[(b"\xff\xfbyes", Some(elevenlabs_alignment("YES", 0.0, 0.2)))],
         false,
     )])
     .await;
-    let app = spoken_app(&model, &voice).await;
+    let app = spoken_app_on(backend, &model, &voice).await;
     let mut table = table(app, "captain-hollow", &["Ada"]).await;
     let first = one_answer(&mut table, "Is the tide turning?").await;
     let second = one_answer(&mut table, "Is the wind rising?").await;
@@ -458,3 +461,8 @@ async fn identical_answers_are_synthesised_once() {
     }
     assert_eq!(voice.requests().len(), 1, "the second came from the cache");
 }
+
+seance_tests::on_both_backends!(
+    redis, in_process:
+    identical_answers_are_synthesised_once,
+);
