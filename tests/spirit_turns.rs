@@ -395,3 +395,35 @@ async fn an_openai_compatible_model_streams_its_own_answers() {
         "no key configured, none sent"
     );
 }
+
+/// Someone who joins while the spirit streams an answer (every token a push that answers
+/// 410 while their `$connect` runs) gets in, and hears the rest of the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_during_a_streamed_answer_gets_in() {
+    let app = spawn_app_configured(Backend::Postgres, |config| {
+        config.spirit.oracle_word_delay = Duration::from_millis(150);
+        config.voice = seance::config::VoiceConfig::None;
+    })
+    .await;
+    let mut table = table(app, "madame-veyra", &["Ada"]).await;
+    table.clients[0]
+        .send_json(ask("Tell me everything about the house on the hill"))
+        .await;
+    table.clients[0].expect("spirit_token").await;
+    let ticket = table.app.join_ticket(&table.sid, "Bob").await;
+    let mut bob = seance_tests::ws::WsClient::connect(&table.app.ws_url(&ticket))
+        .await
+        .unwrap();
+    let state = bob.sync(None).await;
+    assert_eq!(state["type"], "session_state");
+    let answer = bob.expect("spirit_response").await;
+    let ada = table.clients[0].collect_until("spirit_response", 1).await;
+    assert!(ada.iter().any(|e| e["type"] == "user_joined"));
+    assert_eq!(
+        answer["message"],
+        ada.iter().find(|e| e["type"] == "spirit_response").unwrap()["message"]
+    );
+    table.clients[0].send_json(json!({"type": "ping"})).await;
+    let rest = table.clients[0].collect_until("pong", 1).await;
+    assert!(!ada.iter().chain(&rest).any(|e| e["type"] == "user_left"));
+}

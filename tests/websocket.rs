@@ -475,12 +475,13 @@ async fn a_vanished_connection_is_pruned_on_the_next_push(backend: Backend) {
     let mut room = room(spawn_app(backend).await).await;
     let carol_ticket = room.app.join_ticket(&room.sid, "Carol").await;
     let carol: Participant = serde_json::from_value(carol_ticket["participant"].clone()).unwrap();
-    // A connection the gateway no longer has, as after a lost $disconnect.
+    // A connection the gateway no longer has, as after a lost $disconnect, opened long
+    // enough ago that a 410 cannot mean its $connect is still running.
     let ghost = Connection {
         connection_id: "GhostConnId0AA=".into(),
         session_id: room.sid.parse().unwrap(),
         participant: carol.clone(),
-        connected_at: Utc::now(),
+        connected_at: Utc::now() - chrono::Duration::minutes(1),
     };
     room.app.harness.app.connections.add(&ghost).await.unwrap();
     let state = room.host.sync(None).await;
@@ -504,6 +505,82 @@ async fn a_vanished_connection_is_pruned_on_the_next_push(backend: Backend) {
             .unwrap()
             .is_none()
     );
+}
+
+/// A 410 for a connection whose `$connect` may still be running (API Gateway answers 410
+/// until it returns) does not forget it.
+async fn a_connection_still_opening_is_not_pruned(backend: Backend) {
+    let mut room = room(spawn_app(backend).await).await;
+    let carol_ticket = room.app.join_ticket(&room.sid, "Carol").await;
+    let opening = Connection {
+        connection_id: "OpeningConnId0=".into(),
+        session_id: room.sid.parse().unwrap(),
+        participant: serde_json::from_value(carol_ticket["participant"].clone()).unwrap(),
+        connected_at: Utc::now(),
+    };
+    room.app
+        .harness
+        .app
+        .connections
+        .add(&opening)
+        .await
+        .unwrap();
+    room.host
+        .send_json(json!({"type": "send_message", "content": "who is here?"}))
+        .await;
+    room.host.expect("message_received").await;
+    room.host.send_json(json!({"type": "ping"})).await;
+    let before_pong = room.host.collect_until("pong", 1).await;
+    assert!(
+        !before_pong.iter().any(|e| e["type"] == "user_left"),
+        "{before_pong:?}"
+    );
+    assert!(
+        room.app
+            .harness
+            .app
+            .connections
+            .get(&opening.connection_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Friends who open the link at the same moment all get in: every socket gets its
+/// `session_state`, and nobody sees a `user_left` for someone still there.
+async fn friends_opening_the_link_at_once_all_get_in(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for _round in 0..3 {
+        let host = app.create_session(Some(8)).await;
+        let sid = host["session"]["id"].as_str().unwrap().to_owned();
+        let mut tickets = vec![host];
+        for i in 1..8 {
+            tickets.push(app.join_ticket(&sid, &format!("Friend {i}")).await);
+        }
+        let mut clients = futures_util::future::join_all(tickets.iter().map(|ticket| {
+            let url = app.ws_url(ticket);
+            async move {
+                let mut client = WsClient::connect(&url).await.unwrap();
+                let state = client.sync(None).await;
+                assert_eq!(state["type"], "session_state");
+                client
+            }
+        }))
+        .await;
+        for client in &mut clients {
+            client.send_json(json!({"type": "ping"})).await;
+            let seen = client.collect_until("pong", 1).await;
+            assert!(!seen.iter().any(|e| e["type"] == "user_left"), "{seen:?}");
+            let state = client.sync(None).await;
+            assert_eq!(
+                state["participants"].as_array().unwrap().len(),
+                8,
+                "{:?}",
+                names(&state["participants"])
+            );
+        }
+    }
 }
 
 async fn sync_after_resumes_without_gaps(backend: Backend) {
@@ -623,6 +700,8 @@ seance_tests::on_both_backends!(
     ending_the_session_tells_everyone_and_closes_the_sockets,
     a_dropped_tcp_connection_is_a_user_left,
     a_vanished_connection_is_pruned_on_the_next_push,
+    a_connection_still_opening_is_not_pruned,
+    friends_opening_the_link_at_once_all_get_in,
     sync_after_resumes_without_gaps,
     frames_api_gateway_refuses_close_the_socket,
     a_browser_may_send_the_token_as_a_subprotocol,

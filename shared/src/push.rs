@@ -193,6 +193,19 @@ pub struct FanoutReport {
     pub delivered: usize,
     pub gone: usize,
     pub failed: usize,
+    /// Answered 410 while their `$connect` may still be running: kept, not pruned.
+    pub opening: usize,
+}
+
+/// How long after `$connect` began a connection may still be opening. API Gateway answers
+/// `PostToConnection` with 410 until `$connect` has returned, and gives it at most 29 s;
+/// a 410 in that window says nothing about the connection being gone.
+pub const STILL_OPENING: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// True while `connection` may still be opening (see [`STILL_OPENING`]).
+pub fn still_opening(connection: &Connection) -> bool {
+    let age = chrono::Utc::now().signed_duration_since(connection.connected_at);
+    age.to_std().map_or(true, |age| age < STILL_OPENING)
 }
 
 /// Pushes to everything that can reach a session's connections.
@@ -274,6 +287,7 @@ impl Broadcaster {
             report.delivered += more.delivered;
             report.gone += more.gone;
             report.failed += more.failed;
+            report.opening += more.opening;
         }
         report
     }
@@ -301,6 +315,12 @@ impl Broadcaster {
         for (connection, result) in results {
             match result {
                 Ok(()) => report.delivered += 1,
+                Err(PushError::Gone) if still_opening(&connection) => {
+                    // Its $connect has not returned yet: it misses this event (its first
+                    // `sync` brings it up to date) but stays.
+                    report.opening += 1;
+                    tracing::debug!(connection_id = %connection.connection_id, "410 while still opening; kept");
+                }
                 Err(PushError::Gone) => {
                     report.gone += 1;
                     tracing::info!(connection_id = %connection.connection_id, "connection gone; forgetting it");
