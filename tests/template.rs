@@ -1,5 +1,5 @@
 //! `template.yaml` stays in step with the protocol and the code: every REST route of
-//! PROTOCOL.md is routed to `sessions-api`, every WebSocket route has a route, every crate
+//! `docs/protocol.md` is routed to `sessions-api`, every WebSocket route has a route, every crate
 //! in `functions/` is a function of the template, and the other way round.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,15 +11,7 @@ fn root() -> PathBuf {
 }
 
 fn protocol() -> String {
-    let path = std::env::var("SEANCE_PROTOCOL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("../shared/PROTOCOL.md"));
-    std::fs::read_to_string(&path).unwrap_or_else(|err| {
-        panic!(
-            "PROTOCOL.md is read from {} (or SEANCE_PROTOCOL): {err}",
-            path.display()
-        )
-    })
+    std::fs::read_to_string(root().join("docs/protocol.md")).expect("docs/protocol.md")
 }
 
 fn template() -> String {
@@ -108,7 +100,7 @@ fn every_rest_route_of_the_protocol_is_routed() {
     let missing: Vec<_> = wanted.difference(&routed).collect();
     assert!(
         missing.is_empty(),
-        "routes of PROTOCOL.md missing from template.yaml: {missing:?}"
+        "routes of docs/protocol.md missing from template.yaml: {missing:?}"
     );
 }
 

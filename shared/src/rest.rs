@@ -520,7 +520,7 @@ pub async fn end_session(
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Séance API", description = "REST routes of the séance protocol (v1). The WebSocket protocol is in PROTOCOL.md."),
+    info(title = "Séance API", description = "REST routes of the séance protocol (v1). The WebSocket protocol is in docs/protocol.md."),
     paths(health, list_personas, create_session, join_session, get_session, list_messages, end_session),
     components(schemas(ErrorBody, HealthBody, PersonasBody, PersonaSummary, CreateSessionBody, JoinSessionBody,
                        SessionTicket, Session, Participant, Message, MessagesBody)),
