@@ -792,3 +792,43 @@ async fn the_connections_endpoint_speaks_the_management_api() {
     assert_eq!(deleted.status(), 204);
     assert_eq!(room.host.expect_closed().await, 1000);
 }
+
+/// A long history of long multi-byte messages never makes a `session_state` larger than
+/// API Gateway's 128 KB (it would be refused with 413 and never arrive): `sync` pages it
+/// by size, `has_more` until all has come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_of_long_messages_syncs_within_the_message_limit() {
+    let mut room = room(spawn_app(Backend::Sqlite).await).await;
+    let store = room.app.store();
+    let host: Participant = serde_json::from_value(room.ticket["participant"].clone()).unwrap();
+    // 500 characters of 4 bytes each: 2 KB a message, 120 of them.
+    let long = "𓂀".repeat(490);
+    let seeded = seed_questions(&store, room.sid.parse().unwrap(), &host, 120, &long).await;
+    let first = seeded[0].id.to_string();
+    let mut after = first.clone();
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        let state = room.host.sync(Some(&after)).await;
+        assert!(state.to_string().len() <= 128 * 1024, "one push holds it");
+        let messages = state["messages"].as_array().unwrap().clone();
+        assert!(!messages.is_empty());
+        after = messages.last().unwrap()["id"].as_str().unwrap().to_owned();
+        got.extend(messages.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        if state["has_more"] == false {
+            break;
+        }
+    }
+    assert!(pages >= 3, "cut by size, not only by count: {pages} pages");
+    let expected: Vec<String> = seeded[1..].iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(got, expected, "every message once, in order");
+    // Without `after`: the newest that fit.
+    let state = room.host.sync(None).await;
+    assert!(state.to_string().len() <= 128 * 1024);
+    let newest = state["messages"].as_array().unwrap();
+    assert_eq!(
+        newest.last().unwrap()["id"],
+        seeded.last().unwrap().id.to_string()
+    );
+}

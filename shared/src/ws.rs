@@ -430,8 +430,14 @@ async fn check_rate(
     }
 }
 
+/// The most a message pushed through `@connections` may hold (API Gateway's 128 KB), less
+/// room for the envelope.
+pub const MAX_STATE_BYTES: usize = 128 * 1024 - 512;
+
 /// `session_state`: the session, who is online (each once, by seat), recent messages (or
-/// those after `after`), the spirit's state and the board.
+/// those after `after`), the spirit's state and the board. Cut by size as well as by
+/// count, so it always fits one push: after `after`, the newest are left for the next
+/// `sync` (`has_more`); without it, the oldest are left to REST's history.
 pub async fn session_state(
     app: &App,
     session_id: Uuid,
@@ -460,6 +466,7 @@ pub async fn session_state(
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?,
     );
+    let (messages, has_more) = fit_messages(messages, has_more, after.is_some());
     Ok(ServerEvent::SessionState {
         session,
         participants,
@@ -473,6 +480,44 @@ pub async fn session_state(
         },
         board: (*app.board).clone(),
     })
+}
+
+/// Keeps as many messages as fit [`MAX_STATE_BYTES`] with the rest of the state (room for
+/// which is kept generously: participants, board and session come to a few KB).
+fn fit_messages(
+    mut messages: Vec<crate::domain::Message>,
+    mut has_more: bool,
+    after: bool,
+) -> (Vec<crate::domain::Message>, bool) {
+    const REST_OF_STATE: usize = 16 * 1024;
+    let sizes: Vec<usize> = messages
+        .iter()
+        .map(|m| serde_json::to_string(m).map_or(usize::MAX / 2, |t| t.len() + 1))
+        .collect();
+    let mut total: usize = sizes.iter().sum();
+    let budget = MAX_STATE_BYTES - REST_OF_STATE;
+    if total <= budget {
+        return (messages, has_more);
+    }
+    if after {
+        // Oldest first: keep the front, leave the newest for the next sync.
+        let mut keep = messages.len();
+        while keep > 0 && total > budget {
+            keep -= 1;
+            total -= sizes[keep];
+        }
+        messages.truncate(keep);
+        has_more = true;
+    } else {
+        // The latest state: keep the newest.
+        let mut drop = 0;
+        while drop < messages.len() && total > budget {
+            total -= sizes[drop];
+            drop += 1;
+        }
+        messages.drain(..drop);
+    }
+    (messages, has_more)
 }
 
 /// Each online participant once, in seat order.
