@@ -814,7 +814,11 @@ async fn a_long_history_of_long_messages_syncs_within_the_message_limit() {
         let messages = state["messages"].as_array().unwrap().clone();
         assert!(!messages.is_empty());
         after = messages.last().unwrap()["id"].as_str().unwrap().to_owned();
-        got.extend(messages.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        got.extend(
+            messages
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned()),
+        );
         pages += 1;
         if state["has_more"] == false {
             break;
@@ -831,4 +835,76 @@ async fn a_long_history_of_long_messages_syncs_within_the_message_limit() {
         newest.last().unwrap()["id"],
         seeded.last().unwrap().id.to_string()
     );
+}
+
+/// Panics the moment it is asked anything: a stand-in for a bug deep in a handler.
+struct PanickingLimiter;
+
+#[async_trait::async_trait]
+impl seance::ratelimit::RateLimiter for PanickingLimiter {
+    async fn acquire(
+        &self,
+        _key: &str,
+        _limit: seance::ratelimit::RateLimit,
+    ) -> Result<seance::ratelimit::Decision, seance::ratelimit::RateLimitError> {
+        panic!("a bug in the rate limiter")
+    }
+}
+
+/// A handler that panics answers with the protocol's `internal` error, over the socket
+/// and over REST, and the process goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_internal() {
+    let mut room = room(spawn_app(Backend::Sqlite).await).await;
+    let mut broken = room.app.harness.app.clone();
+    broken.limiter = std::sync::Arc::new(PanickingLimiter);
+    let connection_id = room
+        .app
+        .harness
+        .app
+        .connections
+        .in_session(room.sid.parse().unwrap())
+        .await
+        .unwrap()[0]
+        .connection_id
+        .clone();
+    let event: aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest =
+        serde_json::from_value(json!({
+            "requestContext": {
+                "routeKey": "typing", "eventType": "MESSAGE", "messageId": "m1", "connectionId": connection_id,
+                "connectedAt": 1_795_000_000_000_i64, "requestTimeEpoch": 1_795_000_000_000_i64,
+                "domainName": "example.test", "stage": "local", "apiId": "x", "requestId": "r", "identity": {"sourceIp": "127.0.0.1"},
+            },
+            "body": json!({"type": "typing"}).to_string(),
+            "isBase64Encoded": false,
+        }))
+        .unwrap();
+    let response = seance::ws::handle_message(&broken, event).await;
+    assert_eq!(response.status_code, 200);
+    let error = room.host.expect("error").await;
+    assert_eq!(error["code"], "internal");
+    assert_eq!(error["request_type"], "typing");
+
+    let rest = tower::ServiceExt::oneshot(
+        seance::rest::router(broken),
+        http::Request::post("/api/sessions")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                json!({"name": "Broken", "host_name": "Ada"}).to_string(),
+            ))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rest.status(), 500);
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(rest.into_body(), 1 << 16)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["error"]["code"], "internal");
+    // The harness still serves.
+    room.host.send_json(json!({"type": "ping"})).await;
+    room.host.expect("pong").await;
 }

@@ -231,7 +231,22 @@ pub async fn handle_message(
         _ => "",
     };
     let outcome = match parse_frame(text, app.config.max_frame_bytes) {
-        Ok(frame) => answer(app, &endpoint, &connection, frame).await,
+        Ok(frame) => {
+            let kind = frame.type_name();
+            // A bug in one frame's handling answers that frame with `internal`; it does not
+            // fail the invocation (API Gateway would send its own non-protocol frame).
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer(
+                app,
+                &endpoint,
+                &connection,
+                frame,
+            )))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(%connection_id, kind, "the frame's handler panicked");
+                Err(internal(kind))
+            })
+        }
         Err(err) => Err(err),
     };
     if let Err(err) = outcome {
