@@ -702,6 +702,7 @@ seance_tests::on_both_backends!(
     a_vanished_connection_is_pruned_on_the_next_push,
     a_connection_still_opening_is_not_pruned,
     friends_opening_the_link_at_once_all_get_in,
+    every_frame_is_budgeted,
     sync_after_resumes_without_gaps,
     frames_api_gateway_refuses_close_the_socket,
     a_browser_may_send_the_token_as_a_subprotocol,
@@ -907,4 +908,48 @@ async fn a_panicking_handler_answers_internal() {
     // The harness still serves.
     room.host.send_json(json!({"type": "ping"})).await;
     room.host.expect("pong").await;
+}
+
+/// Every frame costs from one budget per connection, whatever its type: past it, each
+/// frame gets `rate_limited` with `retry_after_ms`, and does nothing else.
+async fn every_frame_is_budgeted(backend: Backend) {
+    let app = spawn_app_configured(backend, |config| {
+        config.frame_burst = 5;
+        config.frame_interval = Duration::from_secs(60);
+    })
+    .await;
+    let ticket = app.create_session(None).await;
+    let mut client = WsClient::connect(&app.ws_url(&ticket)).await.unwrap();
+    client.sync(None).await; // 1
+    for _ in 0..3 {
+        client.send_json(json!({"type": "ping"})).await; // 2..4
+    }
+    client.send_json(json!({"type": "dance"})).await; // 5: unknown_type
+    client.send_json(json!({"type": "ping"})).await;
+    client.send_json(json!({"type": "sync"})).await;
+    // The harness runs frames concurrently, as API Gateway invokes them: which ones are
+    // refused varies, how many does not. Each frame gets exactly one answer.
+    let mut answers = Vec::new();
+    while answers.len() < 6 {
+        let event = client.next_event().await;
+        if ["pong", "error", "session_state"].contains(&event["type"].as_str().unwrap()) {
+            answers.push(event);
+        }
+    }
+    let limited: Vec<&Value> = answers
+        .iter()
+        .filter(|e| e["code"] == "rate_limited")
+        .collect();
+    assert_eq!(limited.len(), 2, "{answers:?}");
+    for error in limited {
+        assert!(error["retry_after_ms"].as_u64().unwrap() > 0);
+        assert!(["ping", "sync", "dance"].contains(&error["request_type"].as_str().unwrap()));
+    }
+    let served = answers
+        .iter()
+        .filter(|e| {
+            e["type"] == "pong" || e["type"] == "session_state" || e["code"] == "unknown_type"
+        })
+        .count();
+    assert_eq!(served, 4, "{answers:?}");
 }

@@ -170,6 +170,10 @@ pub struct Config {
     pub rest_interval: Duration,
     /// At most one `typing` a participant per this interval is passed on (default 1 s).
     pub typing_interval: Duration,
+    /// Every frame a connection sends costs from one budget: `FRAME_RATE_BURST` (60) at
+    /// once, then `FRAME_RATE_PER_SECOND` (10) a second.
+    pub frame_burst: u32,
+    pub frame_interval: Duration,
     /// How long a connection record outlives a lost `$disconnect` (default 2 h 10 min).
     pub connection_ttl: Duration,
     /// The harness closes a socket idle this long (default 10 min, as API Gateway).
@@ -431,6 +435,9 @@ impl Config {
             rest_interval: duration("REST_RATE_INTERVAL", Duration::from_secs(2))?,
             message_interval: duration("MESSAGE_RATE_INTERVAL", Duration::from_secs(3))?,
             typing_interval: duration("TYPING_INTERVAL", Duration::from_secs(1))?,
+            frame_burst: parse_num(&get, "FRAME_RATE_BURST", 60, 1, 1_000_000)?,
+            frame_interval: Duration::from_secs(1)
+                / parse_num(&get, "FRAME_RATE_PER_SECOND", 10u32, 1, 10_000)?,
             connection_ttl: duration("CONNECTION_TTL", Duration::from_secs(2 * 3600 + 600))?,
             ws_idle_timeout: duration("WS_IDLE_TIMEOUT", Duration::from_secs(600))?,
             ws_max_lifetime: duration("WS_MAX_LIFETIME", Duration::from_secs(7200))?,
@@ -477,6 +484,13 @@ impl Config {
         crate::ratelimit::RateLimit {
             interval: self.rest_interval,
             burst: self.rest_burst,
+        }
+    }
+
+    pub fn frame_limit(&self) -> crate::ratelimit::RateLimit {
+        crate::ratelimit::RateLimit {
+            interval: self.frame_interval,
+            burst: self.frame_burst,
         }
     }
 

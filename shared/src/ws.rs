@@ -230,7 +230,9 @@ pub async fn handle_message(
         (Some(body), false) => body.as_str(),
         _ => "",
     };
-    let outcome = match parse_frame(text, app.config.max_frame_bytes) {
+    // Every frame costs something (a sync is four queries), so every frame is budgeted.
+    let budget = frame_budget(app, &connection_id, text).await;
+    let outcome = match budget.and_then(|()| parse_frame(text, app.config.max_frame_bytes)) {
         Ok(frame) => {
             let kind = frame.type_name();
             // A bug in one frame's handling answers that frame with `internal`; it does not
@@ -427,20 +429,45 @@ async fn check_rate(
 ) -> Result<(), FrameError> {
     match app.limiter.acquire(key, limit).await {
         Ok(Decision::Allowed) => Ok(()),
-        Ok(Decision::RetryAfter(wait)) => {
-            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            Err(FrameError {
-                retry_after_ms: Some(retry_after_ms),
-                ..FrameError::new(
-                    ErrorCode::RateLimited,
-                    format!("{why}; wait {retry_after_ms} ms"),
-                    Some(kind),
-                )
-            })
-        }
+        Ok(Decision::RetryAfter(wait)) => Err(rate_limited(wait, why, Some(kind))),
         Err(err) => {
             tracing::warn!(%err, "rate limiter unavailable");
             Err(internal(kind))
+        }
+    }
+}
+
+fn rate_limited(wait: std::time::Duration, why: &str, kind: Option<&str>) -> FrameError {
+    let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    FrameError {
+        retry_after_ms: Some(retry_after_ms),
+        ..FrameError::new(
+            ErrorCode::RateLimited,
+            format!("{why}; wait {retry_after_ms} ms"),
+            kind,
+        )
+    }
+}
+
+/// One frame from the connection's budget (every frame, whatever its type). A limiter
+/// that cannot answer lets the frame through: the budget guards cost, not correctness.
+async fn frame_budget(app: &App, connection_id: &str, text: &str) -> Result<(), FrameError> {
+    let key = format!("frames:{connection_id}");
+    match app.limiter.acquire(&key, app.config.frame_limit()).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::RetryAfter(wait)) => {
+            let kind = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+            Err(rate_limited(
+                wait,
+                "too many frames from this connection",
+                kind.as_deref(),
+            ))
+        }
+        Err(err) => {
+            tracing::warn!(%err, "frame budget: rate limiter unavailable");
+            Ok(())
         }
     }
 }

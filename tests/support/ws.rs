@@ -119,6 +119,16 @@ impl WsClient {
         }
     }
 
+    /// The next event, whatever its type (buffered ones first).
+    pub async fn next_event(&mut self) -> Value {
+        if let Some(event) = self.buffer.pop_front() {
+            return event;
+        }
+        self.read(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no event within {WAIT:?}"))
+    }
+
     /// Waits for the first event of `kind`, keeping others for later.
     pub async fn expect(&mut self, kind: &str) -> Value {
         self.try_expect(kind, WAIT)
