@@ -389,13 +389,18 @@ impl Spirit {
         };
         for message in earlier.iter().chain(std::iter::once(question)) {
             match (message.kind, &message.author) {
-                (MessageKind::Question, Some(author)) => {
-                    add(
-                        Speaker::Living,
-                        format!("{}: {}", author.display_name, message.content),
-                    );
-                }
-                (MessageKind::Question, None) => add(Speaker::Living, message.content.clone()),
+                // One JSON line per question: a name or a question holding a newline and
+                // a made-up `Name: …` stays inside its own string, so no one can put
+                // words in another's mouth.
+                (MessageKind::Question, Some(author)) => add(
+                    Speaker::Living,
+                    serde_json::json!({"asker": author.display_name, "question": message.content})
+                        .to_string(),
+                ),
+                (MessageKind::Question, None) => add(
+                    Speaker::Living,
+                    serde_json::json!({"question": message.content}).to_string(),
+                ),
                 (MessageKind::Spirit, _) => add(Speaker::Spirit, message.content.clone()),
             }
         }
