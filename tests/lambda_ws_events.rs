@@ -200,3 +200,46 @@ async fn the_shipped_sqs_event_runs_through_the_spirit() {
     let answer = client.expect("spirit_response").await;
     assert_eq!(answer["message"]["in_reply_to"], received["message"]["id"]);
 }
+
+/// API Gateway does not order `$disconnect` after `$connect`: when the disconnect of a
+/// connection runs first, the connect that follows records nothing, announces nothing,
+/// and no ghost stays listed.
+async fn a_disconnect_before_its_connect_leaves_no_ghost(backend: Backend) {
+    use seance_tests::ws::WsClient;
+    let app = spawn_app(backend).await;
+    let handlers = &app.harness.app;
+    let host = app.create_session(None).await;
+    let sid = host["session"]["id"].as_str().unwrap().to_owned();
+    let mut watcher = WsClient::connect(&app.ws_url(&host)).await.unwrap();
+    watcher.sync(None).await;
+    let bob = app.join_ticket(&sid, "Bob").await;
+    let token = bob["token"].as_str().unwrap();
+    let id = "EarlyGone0000A=";
+
+    let gone = seance::ws::handle_disconnect(handlers, shipped("disconnect.json", token, id)).await;
+    assert_eq!(gone.status_code, 200);
+    let connected = seance::ws::handle_connect(handlers, shipped("connect.json", token, id)).await;
+    assert_eq!(connected.status_code, 200);
+    assert!(handlers.connections.get(id).await.unwrap().is_none());
+    watcher.send_json(json!({"type": "ping"})).await;
+    let seen = watcher.collect_until("pong", 1).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e["type"] == "user_joined" || e["type"] == "user_left"),
+        "{seen:?}"
+    );
+    let state = watcher.sync(None).await;
+    let online: Vec<&str> = state["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["display_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(online, ["Ada"]);
+}
+
+seance_tests::on_both_backends!(
+    redis, in_process:
+    a_disconnect_before_its_connect_leaves_no_ghost,
+);

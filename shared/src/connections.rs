@@ -59,9 +59,19 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Every live connection of a session.
     async fn in_session(&self, session_id: Uuid) -> Result<Vec<Connection>, ConnectionStoreError>;
 
+    /// Remembers, for [`TOMBSTONE_TTL`], that a connection closed before it was recorded
+    /// (API Gateway does not order `$disconnect` after `$connect`).
+    async fn tombstone(&self, connection_id: &str) -> Result<(), ConnectionStoreError>;
+
+    /// Whether [`tombstone`](Self::tombstone) marked this connection.
+    async fn is_tombstoned(&self, connection_id: &str) -> Result<bool, ConnectionStoreError>;
+
     /// One round trip, for health checks.
     async fn ping(&self) -> Result<(), ConnectionStoreError>;
 }
+
+/// How long a tombstone is kept: longer than any `$connect` can take (29 s).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(120);
 
 impl Presence {
     /// A change crosses the boundary when the participant has no other connection.
@@ -88,6 +98,7 @@ fn expired(connection: &Connection, ttl: Duration, now: DateTime<Utc>) -> bool {
 #[derive(Debug)]
 pub struct InProcessConnections {
     connections: Mutex<HashMap<String, Connection>>,
+    tombstones: Mutex<HashMap<String, std::time::Instant>>,
     ttl: Duration,
 }
 
@@ -95,6 +106,7 @@ impl InProcessConnections {
     pub fn new(ttl: Duration) -> Self {
         Self {
             connections: Mutex::new(HashMap::new()),
+            tombstones: Mutex::new(HashMap::new()),
             ttl,
         }
     }
@@ -163,6 +175,25 @@ impl ConnectionStore for InProcessConnections {
         Ok(found)
     }
 
+    async fn tombstone(&self, connection_id: &str) -> Result<(), ConnectionStoreError> {
+        let mut tombstones = self
+            .tombstones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tombstones.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
+        tombstones.insert(connection_id.to_owned(), std::time::Instant::now());
+        Ok(())
+    }
+
+    async fn is_tombstoned(&self, connection_id: &str) -> Result<bool, ConnectionStoreError> {
+        Ok(self
+            .tombstones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(connection_id)
+            .is_some_and(|at| at.elapsed() < TOMBSTONE_TTL))
+    }
+
     async fn ping(&self) -> Result<(), ConnectionStoreError> {
         Ok(())
     }
@@ -172,7 +203,8 @@ impl ConnectionStore for InProcessConnections {
 
 /// Redis layout, all under the configured prefix:
 /// - `conn:{connection_id}` → the session id (so a message names its session);
-/// - `session:{{session_id}}:conns`, a hash: connection id → the connection as JSON.
+/// - `session:{{session_id}}:conns`, a hash: connection id → the connection as JSON;
+/// - `gone:{connection_id}`, a tombstone for a connection closed before it was recorded.
 ///
 /// Every change to a session's hash is one Lua script, so presence is decided atomically
 /// even with many Lambda instances. Each script touches one key only, so it also runs on
@@ -256,6 +288,10 @@ impl RedisConnections {
 
     fn conn_key(&self, connection_id: &str) -> String {
         format!("{}conn:{connection_id}", self.prefix)
+    }
+
+    fn tombstone_key(&self, connection_id: &str) -> String {
+        format!("{}gone:{connection_id}", self.prefix)
     }
 
     fn session_key(&self, session_id: Uuid) -> String {
@@ -377,6 +413,27 @@ impl ConnectionStore for RedisConnections {
         found.retain(|c| !expired(c, self.ttl, now));
         found.sort_by_key(|c| c.connected_at);
         Ok(found)
+    }
+
+    async fn tombstone(&self, connection_id: &str) -> Result<(), ConnectionStoreError> {
+        let mut conn = self.connection().await?;
+        redis::cmd("SET")
+            .arg(self.tombstone_key(connection_id))
+            .arg(1)
+            .arg("PX")
+            .arg(i64::try_from(TOMBSTONE_TTL.as_millis()).unwrap_or(i64::MAX))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_err)
+    }
+
+    async fn is_tombstoned(&self, connection_id: &str) -> Result<bool, ConnectionStoreError> {
+        let mut conn = self.connection().await?;
+        redis::cmd("EXISTS")
+            .arg(self.tombstone_key(connection_id))
+            .query_async::<bool>(&mut conn)
+            .await
+            .map_err(redis_err)
     }
 
     async fn ping(&self) -> Result<(), ConnectionStoreError> {

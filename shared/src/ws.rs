@@ -140,6 +140,20 @@ pub async fn handle_connect(
             return response(503, None);
         }
     };
+    // API Gateway does not order $disconnect after $connect: if this connection's
+    // $disconnect already ran (and found nothing to forget), undo the record, or the
+    // participant would stay listed as a ghost. $disconnect looks again after leaving
+    // its tombstone, so whichever runs second sees the other.
+    if app
+        .connections
+        .is_tombstoned(&connection_id)
+        .await
+        .unwrap_or(false)
+    {
+        let _ = app.connections.remove(&connection_id).await;
+        tracing::info!(%connection_id, "closed before it was recorded; not announced");
+        return response(200, None);
+    }
     // The host may have ended the session while this connection was being recorded; the end
     // route closes only the connections it saw, so look again.
     if let Ok(session) = app.store.session(claims.sid).await
@@ -174,7 +188,16 @@ pub async fn handle_disconnect(
     let Some(connection_id) = event.request_context.connection_id.as_deref() else {
         return response(200, None);
     };
-    match app.connections.remove(connection_id).await {
+    let mut removed = app.connections.remove(connection_id).await;
+    if let Ok(None) = removed {
+        // Not recorded (yet): $connect may still be running. Leave a tombstone for it,
+        // then look once more in case it recorded the connection in between.
+        if let Err(err) = app.connections.tombstone(connection_id).await {
+            tracing::warn!(%err, %connection_id, "disconnect: cannot leave a tombstone");
+        }
+        removed = app.connections.remove(connection_id).await;
+    }
+    match removed {
         Ok(Some((gone, presence))) => {
             tracing::info!(
                 %connection_id,
