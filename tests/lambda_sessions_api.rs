@@ -18,8 +18,12 @@ struct Lambda {
 
 impl Lambda {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)]) -> Self {
         let database_url = fresh_postgres_url().await;
-        let vars: HashMap<String, String> = [
+        let mut vars: HashMap<String, String> = [
             ("DATABASE_URL", database_url.as_str()),
             ("REDIS_URL", redis_url().as_str()),
             ("JWT_SECRET", TEST_JWT_SECRET),
@@ -33,6 +37,11 @@ impl Lambda {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let config = Config::from_vars(Profile::Lambda, &vars).expect("lambda config");
         let websocket_url = config.public_ws_url.clone().unwrap_or_default();
         let (app, database) = seance::App::build(config, &websocket_url).expect("app");
@@ -175,4 +184,36 @@ fn the_lambda_profile_refuses_a_short_secret() {
         !err.to_string().contains("too-short"),
         "the secret is never echoed"
     );
+}
+
+/// In Lambda the REST quota's client is API Gateway's `requestContext.http.sourceIp`, not
+/// a header the client wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_counts_by_api_gateways_source_ip() {
+    let lambda =
+        Lambda::start_with(&[("REST_RATE_BURST", "1"), ("REST_RATE_INTERVAL", "60")]).await;
+    // Only the request context changes; the X-Forwarded-For header stays the same.
+    let from = |ip: &'static str| [("\"sourceIp\": \"203.0.113.7\"", ip)];
+    let (status, _, _) = lambda
+        .invoke(
+            "create-session.json",
+            &from("\"sourceIp\": \"198.51.100.10\""),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body, raw) = lambda
+        .invoke(
+            "create-session.json",
+            &from("\"sourceIp\": \"198.51.100.10\""),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(raw["headers"]["retry-after"].is_string());
+    let (status, _, _) = lambda
+        .invoke(
+            "create-session.json",
+            &from("\"sourceIp\": \"198.51.100.11\""),
+        )
+        .await;
+    assert_eq!(status, 201, "another caller has its own quota");
 }

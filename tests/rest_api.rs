@@ -712,9 +712,10 @@ async fn creating_and_joining_are_rate_limited_per_client() {
         session["participant_count"], 3,
         "the refused join took no seat"
     );
-    // Reads are not limited, and another client (as API Gateway names it) has its own quota.
+    // Reads are not limited.
     assert_eq!(app.get(&format!("/api/sessions/{sid}")).await.status(), 200);
-    let other = app
+    // A client cannot pick a fresh bucket by writing X-Forwarded-For itself.
+    let forged = app
         .client
         .post(app.url("/api/sessions"))
         .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
@@ -722,7 +723,28 @@ async fn creating_and_joining_are_rate_limited_per_client() {
         .send()
         .await
         .unwrap();
-    assert_eq!(other.status(), 201);
+    expect_error(forged, 429, "rate_limited").await;
+}
+
+/// Behind a proxy that sets it (`TRUST_FORWARDED_FOR`), the last X-Forwarded-For entry
+/// names the client, and each client has its own quota.
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client() {
+    let mut config = test_config("sqlite::memory:", None);
+    config.rest_burst = 1;
+    config.rest_interval = std::time::Duration::from_secs(60);
+    config.trust_forwarded_for = true;
+    let app = spawn_app_with(config).await;
+    let create = |client: &'static str| {
+        app.client
+            .post(app.url("/api/sessions"))
+            .header("x-forwarded-for", format!("10.9.9.9, {client}"))
+            .json(&json!({"name": "n", "host_name": "h"}))
+            .send()
+    };
+    assert_eq!(create("203.0.113.1").await.unwrap().status(), 201);
+    assert_eq!(create("203.0.113.2").await.unwrap().status(), 201);
+    expect_error(create("203.0.113.1").await.unwrap(), 429, "rate_limited").await;
 }
 
 #[tokio::test]

@@ -167,6 +167,9 @@ pub struct Config {
     /// Session creations and joins per client address: a burst, then one per interval
     /// (`REST_RATE_BURST` 30, `REST_RATE_INTERVAL` 2 s); beyond it, 429 with Retry-After.
     pub rest_burst: u32,
+    /// Whether a proxy in front of the harness sets `X-Forwarded-For` (`TRUST_FORWARDED_FOR`,
+    /// false): only then is it the client's address for the REST quota.
+    pub trust_forwarded_for: bool,
     pub rest_interval: Duration,
     /// At most one `typing` a participant per this interval is passed on (default 1 s).
     pub typing_interval: Duration,
@@ -432,6 +435,16 @@ impl Config {
             max_frame_bytes: parse_num(&get, "MAX_FRAME_BYTES", 32 * 1024, 1024, 128 * 1024)?,
             message_burst: parse_num(&get, "MESSAGE_RATE_BURST", 3, 1, 1000)?,
             rest_burst: parse_num(&get, "REST_RATE_BURST", 30, 1, 1_000_000)?,
+            trust_forwarded_for: match get("TRUST_FORWARDED_FOR").as_deref() {
+                None | Some("false" | "0" | "no") => false,
+                Some("true" | "1" | "yes") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "TRUST_FORWARDED_FOR",
+                        reason: format!("`{other}` is neither true nor false"),
+                    });
+                }
+            },
             rest_interval: duration("REST_RATE_INTERVAL", Duration::from_secs(2))?,
             message_interval: duration("MESSAGE_RATE_INTERVAL", Duration::from_secs(3))?,
             typing_interval: duration("TYPING_INTERVAL", Duration::from_secs(1))?,

@@ -175,28 +175,50 @@ impl FromRequestParts<App> for Bearer {
 }
 
 /// One request's worth of the per-client quota for writes (creating and joining sessions):
-/// 429 with `Retry-After` beyond it. The client is the last `X-Forwarded-For` entry (the
-/// one API Gateway appends), else the TCP peer, so a client cannot pick its own bucket.
+/// 429 with `Retry-After` beyond it. The client is who API Gateway saw
+/// (`requestContext.http.sourceIp` in Lambda), else the TCP peer; `X-Forwarded-For` only
+/// when `TRUST_FORWARDED_FOR` says a proxy in front sets it, since a client can write that
+/// header itself and pick its own bucket.
 pub struct WriteQuota;
 
-impl FromRequestParts<App> for WriteQuota {
-    type Rejection = ApiError;
+/// The caller's address as API Gateway saw it, from the Lambda event's request context.
+fn api_gateway_source_ip(parts: &Parts) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    let ip = match parts.extensions.get::<RequestContext>()? {
+        RequestContext::ApiGatewayV2(context) => context.http.source_ip.clone(),
+        RequestContext::ApiGatewayV1(context) => context.identity.source_ip.clone(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    ip.filter(|ip| !ip.is_empty())
+}
 
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let client = parts
+fn client_of(parts: &Parts, trust_forwarded_for: bool) -> String {
+    let forwarded = || {
+        parts
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(|ip| ip.trim().to_owned())
             .filter(|ip| !ip.is_empty())
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|info| info.0.ip().to_string())
-            })
-            .unwrap_or_else(|| "unknown".to_owned());
+    };
+    api_gateway_source_ip(parts)
+        .or_else(|| trust_forwarded_for.then(forwarded).flatten())
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl FromRequestParts<App> for WriteQuota {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let client = client_of(parts, app.config.trust_forwarded_for);
         let key = format!("rest-write:{client}");
         match app
             .limiter
