@@ -448,3 +448,48 @@ async fn a_join_during_a_streamed_answer_gets_in() {
     let rest = table.clients[0].collect_until("pong", 1).await;
     assert!(!ada.iter().chain(&rest).any(|e| e["type"] == "user_left"));
 }
+
+/// A connection whose pushes never answer does not hold up the room: its push is given
+/// up after a short timeout and it is skipped for a while, so everyone else hears the
+/// whole answer; it is not forgotten either (no user_left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stuck_connection_does_not_hold_up_the_room() {
+    let app = spawn_app_configured(Backend::Sqlite, |config| {
+        config.spirit.oracle_word_delay = Duration::from_millis(10);
+    })
+    .await;
+    let mut table = table(app, "madame-veyra", &["Ada", "Bob", "Cy"]).await;
+    let bob = table
+        .app
+        .harness
+        .app
+        .connections
+        .in_session(table.sid.parse().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.participant.display_name == "Bob")
+        .unwrap()
+        .connection_id;
+    table.app.harness.gateway.stall(&bob);
+    table.clients[0]
+        .send_json(ask("Tell me of the old house"))
+        .await;
+    for i in [0, 2] {
+        let events = table.clients[i].collect_until("spirit_response", 1).await;
+        assert_eq!(check_transcript(&events).len(), 1);
+        assert!(!events.iter().any(|e| e["type"] == "user_left"));
+    }
+    assert!(
+        table
+            .app
+            .harness
+            .app
+            .connections
+            .get(&bob)
+            .await
+            .unwrap()
+            .is_some(),
+        "a slow connection is skipped, not forgotten"
+    );
+}

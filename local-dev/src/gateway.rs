@@ -63,6 +63,8 @@ fn production_handler() -> MessageHandler {
 /// The emulator's state: the app whose handlers it calls, and the open sockets.
 pub struct Gateway {
     app: App,
+    /// Connections whose `@connections` calls never answer (a test's stuck client).
+    stalled: Mutex<std::collections::HashSet<String>>,
     message_handler: std::sync::RwLock<MessageHandler>,
     integration_timeout: Duration,
     domain_name: String,
@@ -76,6 +78,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(app: App, addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
+            stalled: Mutex::new(std::collections::HashSet::new()),
             message_handler: std::sync::RwLock::new(production_handler()),
             integration_timeout: app.config.ws_integration_timeout,
             idle_timeout: app.config.ws_idle_timeout,
@@ -113,6 +116,22 @@ impl Gateway {
         if let Some(socket) = self.sockets().get(connection_id) {
             let _ = socket.outbound.send(Outbound::Text(frame.to_string()));
         }
+    }
+
+    /// From now on, `PostToConnection` for this connection never answers: a connection
+    /// that does not answer, for tests of the room going on without it.
+    pub fn stall(&self, connection_id: &str) {
+        self.stalled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(connection_id.to_owned());
+    }
+
+    fn is_stalled(&self, connection_id: &str) -> bool {
+        self.stalled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(connection_id)
     }
 
     /// How many sockets are open.
@@ -515,6 +534,9 @@ async fn post_to_connection(
             HeaderValue::from_static("PayloadTooLargeException"),
         );
         return response;
+    }
+    if gateway.is_stalled(&connection_id) {
+        std::future::pending::<()>().await;
     }
     let sockets = gateway.sockets();
     let Some(socket) = sockets.get(&connection_id) else {

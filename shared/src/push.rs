@@ -24,6 +24,12 @@ pub enum PushError {
     Gone,
     #[error("the payload is too large")]
     PayloadTooLarge,
+    /// No answer within [`PUSH_TIMEOUT`]: the connection is skipped for a while.
+    #[error("no answer within the push timeout")]
+    Timeout,
+    /// Skipped: it timed out moments ago (see [`SLOW_SKIP`]).
+    #[error("skipped: the connection was slow moments ago")]
+    Skipped,
     #[error("push failed: {0}")]
     Other(String),
 }
@@ -80,6 +86,8 @@ pub struct ManagementApi {
     region: Region,
     credentials: SharedCredentialsProvider,
     clients: Mutex<HashMap<String, aws_sdk_apigatewaymanagement::Client>>,
+    /// Connections whose last push timed out, and when.
+    slow: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for ManagementApi {
@@ -91,14 +99,56 @@ impl std::fmt::Debug for ManagementApi {
 }
 
 const PUSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const PUSH_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// A push that has not answered by then is given up for that event: the room's next
+/// token must not wait on one connection.
+pub const PUSH_TIMEOUT: Duration = Duration::from_millis(1500);
+/// After a timeout, the connection's pushes are skipped this long, so one stuck
+/// connection costs the room one timeout, not one per event.
+pub const SLOW_SKIP: Duration = Duration::from_secs(10);
+
+/// Whether a failed push surely never reached API Gateway, so sending it again cannot
+/// deliver it twice: refused before a connection was made, or throttled (429).
+fn never_reached<E>(
+    err: &aws_sdk_apigatewaymanagement::error::SdkError<
+        E,
+        aws_sdk_apigatewaymanagement::config::http::HttpResponse,
+    >,
+    detail: &str,
+) -> bool {
+    use aws_sdk_apigatewaymanagement::error::SdkError;
+    match err {
+        SdkError::DispatchFailure(failure) => {
+            failure.is_io() && detail.to_ascii_lowercase().contains("connection refused")
+        }
+        SdkError::ServiceError(service) => service.raw().status().as_u16() == 429,
+        _ => false,
+    }
+}
 
 impl ManagementApi {
+    fn recently_slow(&self, connection_id: &str) -> bool {
+        let mut slow = self
+            .slow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slow.retain(|_, at| at.elapsed() < SLOW_SKIP);
+        slow.contains_key(connection_id)
+    }
+
+    fn mark_slow(&self, connection_id: &str) {
+        tracing::warn!(%connection_id, timeout = ?PUSH_TIMEOUT, "push timed out; skipping this connection for a while");
+        self.slow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(connection_id.to_owned(), std::time::Instant::now());
+    }
+
     pub fn new(region: &str, credentials: AwsCredentials) -> Self {
         Self {
             region: Region::new(region.to_owned()),
             credentials: credentials.provider(),
             clients: Mutex::new(HashMap::new()),
+            slow: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,10 +168,12 @@ impl ManagementApi {
                     .timeout_config(
                         TimeoutConfig::builder()
                             .connect_timeout(PUSH_CONNECT_TIMEOUT)
-                            .operation_timeout(PUSH_OPERATION_TIMEOUT)
+                            .operation_timeout(PUSH_TIMEOUT)
                             .build(),
                     )
-                    .retry_config(RetryConfig::standard().with_max_attempts(2))
+                    // PostToConnection is not idempotent: the SDK retries nothing (a timed-out
+                    // push may have been delivered); `send` retries only what surely was not.
+                    .retry_config(RetryConfig::standard().with_max_attempts(1))
                     .build();
                 aws_sdk_apigatewaymanagement::Client::from_conf(config)
             })
@@ -132,20 +184,47 @@ impl ManagementApi {
 #[async_trait]
 impl Pusher for ManagementApi {
     async fn send(&self, endpoint: &str, connection_id: &str, data: &str) -> Result<(), PushError> {
-        self.client(endpoint)
-            .post_to_connection()
-            .connection_id(connection_id)
-            .data(Blob::new(data.as_bytes()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|err| match err.as_service_error() {
-                Some(e) if e.is_gone_exception() => PushError::Gone,
-                Some(e) if e.is_payload_too_large_exception() => PushError::PayloadTooLarge,
-                _ => PushError::Other(
-                    aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string(),
-                ),
-            })
+        if self.recently_slow(connection_id) {
+            return Err(PushError::Skipped);
+        }
+        let client = self.client(endpoint);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let call = client
+                .post_to_connection()
+                .connection_id(connection_id)
+                .data(Blob::new(data.as_bytes()))
+                .send();
+            let result = match tokio::time::timeout(PUSH_TIMEOUT, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.mark_slow(connection_id);
+                    return Err(PushError::Timeout);
+                }
+            };
+            let err = match result {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            let detail = aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&err).to_string();
+            match err.as_service_error() {
+                Some(e) if e.is_gone_exception() => return Err(PushError::Gone),
+                Some(e) if e.is_payload_too_large_exception() => {
+                    return Err(PushError::PayloadTooLarge);
+                }
+                _ => {}
+            }
+            if err.as_service_error().is_none() && detail.contains("operation timeout") {
+                self.mark_slow(connection_id);
+                return Err(PushError::Timeout);
+            }
+            if attempt < 2 && never_reached(&err, &detail) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            return Err(PushError::Other(detail));
+        }
     }
 
     async fn close(&self, endpoint: &str, connection_id: &str) -> Result<(), PushError> {
@@ -331,6 +410,10 @@ impl Broadcaster {
                         Ok(_) => {}
                         Err(err) => tracing::warn!(%err, "cannot forget a gone connection"),
                     }
+                }
+                Err(PushError::Skipped) => {
+                    report.failed += 1;
+                    tracing::debug!(connection_id = %connection.connection_id, "skipped a slow connection");
                 }
                 Err(err) => {
                     report.failed += 1;
