@@ -7,10 +7,10 @@ use crate::auth::TokenKeys;
 use crate::board::Board;
 use crate::config::{Config, ConfigError};
 use crate::connections::{ConnectionStore, InProcessConnections, RedisConnections};
-use crate::health::{Redis, RedisUnavailable};
 use crate::personas::{PersonaError, Personas};
 use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
 use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
+use crate::redis_client::{Redis, RedisUnavailable};
 use crate::spirit::SpiritProvider;
 use crate::spirit::queue::{NoQueue, QuestionQueue, SqsQueue};
 use crate::spirit::turn::Spirit;
@@ -66,7 +66,7 @@ impl App {
     /// Builds the state without touching the network: pools connect on first use.
     pub fn build(config: Config, websocket_url: &str) -> Result<(Self, Database), StartupError> {
         let database = Database::connect_lazy(&config)?;
-        let redis = config.redis_url.as_ref().map(Redis::new).transpose()?;
+        let redis = config.redis.as_ref().map(Redis::new).transpose()?;
         let tokens = TokenKeys::new(&config.jwt_secret, config.jwt_ttl);
         let personas = Personas::load(config.spirit.steering_dir.as_deref())?;
         type Stores = (Arc<dyn ConnectionStore>, Arc<dyn RateLimiter>);

@@ -71,6 +71,83 @@ pub enum SpiritProviderConfig {
     Oracle { seed: u64 },
 }
 
+/// How to reach Redis: `REDIS_URL` (`redis://` or `rediss://` for TLS), `REDIS_CLUSTER`
+/// (true for a cluster, as ElastiCache Serverless always is), and `REDIS_CA_FILE` (a PEM
+/// CA to trust instead of the public roots, for a private CA).
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub cluster: bool,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url)
+            .field("cluster", &self.cluster)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+fn redis_config(
+    get: &impl Fn(&str) -> Option<String>,
+    url: &str,
+) -> Result<RedisConfig, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        var: "REDIS_URL",
+        reason: reason.to_owned(),
+    };
+    let tls = url.starts_with("rediss://");
+    if !(tls || url.starts_with("redis://")) {
+        return Err(invalid("must start with redis:// or rediss:// (TLS)"));
+    }
+    let cluster = match get("REDIS_CLUSTER").as_deref() {
+        None | Some("false" | "0" | "no") => false,
+        Some("true" | "1" | "yes") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                var: "REDIS_CLUSTER",
+                reason: format!("`{other}` is neither true nor false"),
+            });
+        }
+    };
+    // What follows the host: a database number is the only thing a path can be.
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let path = rest.split_once('/').map_or("", |(_, path)| path);
+    let path = path.split('?').next().unwrap_or("");
+    if cluster && !path.is_empty() && path != "0" {
+        return Err(invalid(
+            "a cluster has only database 0 (no SELECT): drop the /<db> from the URL",
+        ));
+    }
+    if !path.is_empty() && path.parse::<u32>().is_err() {
+        return Err(invalid("the path after the host must be a database number"));
+    }
+    if redis::IntoConnectionInfo::into_connection_info(url).is_err() {
+        return Err(invalid("is not a URL the Redis client can use"));
+    }
+    let ca_pem = match get("REDIS_CA_FILE") {
+        None => None,
+        Some(_) if !tls => {
+            return Err(ConfigError::Invalid {
+                var: "REDIS_CA_FILE",
+                reason: "only means something with a rediss:// (TLS) REDIS_URL".into(),
+            });
+        }
+        Some(path) => Some(std::fs::read(&path).map_err(|err| ConfigError::Invalid {
+            var: "REDIS_CA_FILE",
+            reason: format!("cannot read {path}: {err}"),
+        })?),
+    };
+    Ok(RedisConfig {
+        url: Secret::new(url),
+        cluster,
+        ca_pem,
+    })
+}
+
 /// The spirit's voice (`VOICE_PROVIDER`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum VoiceConfig {
@@ -130,8 +207,8 @@ pub struct Config {
     pub database_url: Secret,
     /// Database connections per process; a Lambda needs 1–2.
     pub database_max_connections: u32,
-    /// `redis://…` / `rediss://…`; `None` means the harness's embedded stores.
-    pub redis_url: Option<Secret>,
+    /// `REDIS_URL` and how to reach it; `None` means the harness's embedded stores.
+    pub redis: Option<RedisConfig>,
     /// Prefix of every Redis key, so deployments and tests can share a server.
     pub redis_key_prefix: String,
     pub jwt_secret: JwtSecret,
@@ -262,14 +339,10 @@ impl Config {
         }
 
         let redis_url = get("REDIS_URL");
-        if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::Invalid {
-                var: "REDIS_URL",
-                reason: "must start with redis:// or rediss://".into(),
-            });
-        }
+        let redis = redis_url
+            .as_deref()
+            .map(|url| redis_config(&get, url))
+            .transpose()?;
         if lambda && redis_url.is_none() {
             return Err(ConfigError::Missing {
                 var: "REDIS_URL",
@@ -416,7 +489,7 @@ impl Config {
                 1,
                 100,
             )?,
-            redis_url: redis_url.map(Secret::new),
+            redis,
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "seance:".to_owned()),
             jwt_secret,
             jwt_ttl,
@@ -765,7 +838,7 @@ mod tests {
         let config = Config::harness_defaults();
         assert_eq!(config.database_url.expose(), DEFAULT_SQLITE_URL);
         assert_eq!(config.jwt_secret, JwtSecret::Ephemeral);
-        assert_eq!(config.redis_url, None);
+        assert!(config.redis.is_none());
         assert_eq!(config.port, 3000);
         assert_eq!(config.jwt_ttl, Duration::from_secs(43_200));
         assert_eq!(config.log_format, LogFormat::Pretty);
@@ -833,6 +906,60 @@ mod tests {
         ] {
             let err = Config::from_vars(Profile::Harness, &vars(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_that_cannot_work_are_refused_clearly() {
+        let harness = |pairs: &[(&str, &str)]| Config::from_vars(Profile::Harness, &vars(pairs));
+        let ok = harness(&[
+            ("REDIS_URL", "rediss://cache.example:6379"),
+            ("REDIS_CLUSTER", "true"),
+        ])
+        .unwrap();
+        let redis = ok.redis.unwrap();
+        assert!(redis.cluster);
+        assert!(
+            !format!("{redis:?}").contains("cache.example"),
+            "the URL may hold a password"
+        );
+        for (pairs, var) in [
+            (vec![("REDIS_URL", "http://cache:6379")], "REDIS_URL"),
+            (
+                vec![
+                    ("REDIS_URL", "redis://cache:6379/2"),
+                    ("REDIS_CLUSTER", "true"),
+                ],
+                "REDIS_URL",
+            ),
+            (vec![("REDIS_URL", "redis://cache:6379/two")], "REDIS_URL"),
+            (
+                vec![
+                    ("REDIS_URL", "redis://cache:6379"),
+                    ("REDIS_CLUSTER", "maybe"),
+                ],
+                "REDIS_CLUSTER",
+            ),
+            (
+                vec![
+                    ("REDIS_URL", "redis://cache:6379"),
+                    ("REDIS_CA_FILE", "/etc/ca.pem"),
+                ],
+                "REDIS_CA_FILE",
+            ),
+            (
+                vec![
+                    ("REDIS_URL", "rediss://cache:6379"),
+                    ("REDIS_CA_FILE", "/nowhere/ca.pem"),
+                ],
+                "REDIS_CA_FILE",
+            ),
+        ] {
+            let err = harness(&pairs).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { var: v, .. } if *v == var),
+                "{pairs:?}: {err}"
+            );
         }
     }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::Participant;
-use crate::health::Redis;
+use crate::redis_client::Redis;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
@@ -302,14 +302,16 @@ impl RedisConnections {
         i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, ConnectionStoreError> {
+    async fn connection(
+        &self,
+    ) -> Result<crate::redis_client::RedisConnection, ConnectionStoreError> {
         self.redis.connection().await.map_err(redis_err)
     }
 
     /// The session a connection belongs to, read with `GET`, or taken with `GETDEL`.
     async fn session_of(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut crate::redis_client::RedisConnection,
         command: &str,
         connection_id: &str,
     ) -> Result<Option<Uuid>, ConnectionStoreError> {

@@ -62,6 +62,35 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// The Redis flavours the stores must work on: plain, TLS (single node), and a TLS
+/// cluster like ElastiCache Serverless (both started by `tests/run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFlavour {
+    Plain,
+    Tls,
+    TlsCluster,
+}
+
+/// Configuration for `flavour`, as `REDIS_URL`, `REDIS_CLUSTER` and `REDIS_CA_FILE` give it.
+pub fn redis_config(flavour: RedisFlavour) -> seance::config::RedisConfig {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is set by tests/run (it starts a TLS Redis and a one-node TLS cluster)")
+        })
+    };
+    let ca = || Some(std::fs::read(var("TEST_REDIS_CA_FILE")).expect("the test CA"));
+    let (url, cluster, ca_pem) = match flavour {
+        RedisFlavour::Plain => (redis_url(), false, None),
+        RedisFlavour::Tls => (var("TEST_REDIS_TLS_URL"), false, ca()),
+        RedisFlavour::TlsCluster => (var("TEST_REDIS_CLUSTER_URL"), true, ca()),
+    };
+    seance::config::RedisConfig {
+        url: Secret::new(url),
+        cluster,
+        ca_pem,
+    }
+}
+
 /// A database of its own for one test: `seance_test_<uuid>`, created empty. `.ci/run`
 /// drops leftovers from earlier runs.
 pub async fn fresh_postgres_url() -> String {
@@ -109,6 +138,32 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each named `async fn(RedisFlavour)` as three tests, in modules `plain`, `tls` and
+/// `tls_cluster`.
+#[macro_export]
+macro_rules! on_each_redis {
+    ($($name:ident),* $(,)?) => {
+        mod plain {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::RedisFlavour::Plain).await
+            })*
+        }
+        mod tls {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::RedisFlavour::Tls).await
+            })*
+        }
+        mod tls_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::RedisFlavour::TlsCluster).await
+            })*
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -123,6 +178,11 @@ pub fn test_config(database_url: &str, redis_url: Option<&str>) -> Config {
     vars.insert("LOG_LEVEL".to_owned(), "warn".to_owned());
     if let Some(url) = redis_url {
         vars.insert("REDIS_URL".to_owned(), url.to_owned());
+        if url.starts_with("rediss://") {
+            let ca =
+                std::env::var("TEST_REDIS_CA_FILE").expect("TEST_REDIS_CA_FILE with rediss://");
+            vars.insert("REDIS_CA_FILE".to_owned(), ca);
+        }
         vars.insert(
             "REDIS_KEY_PREFIX".to_owned(),
             format!("seance-test:{}:", Uuid::new_v4().simple()),

@@ -13,7 +13,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::{Alignment, SpeechPiece};
-use crate::health::Redis;
+use crate::redis_client::Redis;
 
 /// What a cached answer is known by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
