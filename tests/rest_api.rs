@@ -854,3 +854,94 @@ async fn every_response_carries_a_request_id() {
         .unwrap();
     assert_eq!(response.headers().get("x-request-id").unwrap(), "abc-123");
 }
+
+/// The OpenAPI document states the constraints the server enforces, at the same bounds,
+/// and every error status a route answers with, so generated clients and schema-driven
+/// fuzzers agree with the server.
+#[tokio::test]
+async fn the_openapi_document_states_the_real_constraints() {
+    let app = sqlite_app().await;
+    let (_, doc) = status_and_body(app.get("/openapi.json").await).await;
+    let schema = |name: &str| doc["components"]["schemas"][name]["properties"].clone();
+    let create = schema("CreateSessionBody");
+    for (field, min, max) in [("name", 1, 100), ("host_name", 1, 40)] {
+        assert_eq!(create[field]["minLength"], min, "{field}");
+        assert_eq!(create[field]["maxLength"], max, "{field}");
+        assert_eq!(create[field]["pattern"], r"\S", "{field}: not blank");
+    }
+    assert_eq!(create["max_participants"]["minimum"], 2);
+    assert_eq!(create["max_participants"]["maximum"], 12);
+    let join = schema("JoinSessionBody");
+    assert_eq!(join["display_name"]["minLength"], 1);
+    assert_eq!(join["display_name"]["maxLength"], 40);
+    let params = doc["paths"]["/api/sessions/{id}/messages"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 100);
+
+    // The server draws the lines where the document does.
+    let body = |name: &str, max: Option<i64>| {
+        let mut body = json!({"name": name, "host_name": "Ada"});
+        if let Some(max) = max {
+            body["max_participants"] = json!(max);
+        }
+        body
+    };
+    let a = |n: usize| "a".repeat(n);
+    for (request, expected) in [
+        (body(&a(100), None), 201),
+        (body(&a(101), None), 422),
+        (body("", None), 422),
+        (body("   ", None), 422),
+        (body("ok", Some(2)), 201),
+        (body("ok", Some(12)), 201),
+        (body("ok", Some(1)), 422),
+        (body("ok", Some(13)), 422),
+    ] {
+        let status = app.post("/api/sessions", request.clone()).await.status();
+        assert_eq!(status.as_u16(), expected, "{request}");
+    }
+
+    // Every route lists the error statuses it can answer with.
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for (path, method, wanted) in [
+        (
+            "/api/sessions",
+            "post",
+            &["201", "400", "413", "422", "429", "503"][..],
+        ),
+        (
+            "/api/sessions/{id}/join",
+            "post",
+            &["200", "400", "404", "409", "413", "422", "429", "503"],
+        ),
+        ("/api/sessions/{id}", "get", &["200", "404", "503"]),
+        (
+            "/api/sessions/{id}/messages",
+            "get",
+            &["200", "401", "403", "404", "422", "503"],
+        ),
+        (
+            "/api/sessions/{id}/end",
+            "post",
+            &["204", "401", "403", "404", "409", "503"],
+        ),
+    ] {
+        let listed = statuses(path, method);
+        for status in wanted {
+            assert!(
+                listed.contains(&(*status).to_owned()),
+                "{method} {path}: {status}"
+            );
+        }
+    }
+}

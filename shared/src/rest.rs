@@ -270,19 +270,24 @@ pub struct PersonasBody {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSessionBody {
-    /// 1–100 characters after trimming.
+    /// 1–100 characters after trimming; no control characters.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
-    /// 1–40 characters after trimming.
+    /// 1–40 characters after trimming; no control characters.
+    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
     pub host_name: String,
     /// A persona id from `GET /api/personas`; the default persona when left out.
+    #[schema(min_length = 1)]
     pub persona: Option<String>,
     /// 2–12; 8 when left out.
+    #[schema(minimum = 2, maximum = 12)]
     pub max_participants: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct JoinSessionBody {
-    /// 1–40 characters after trimming.
+    /// 1–40 characters after trimming; no control characters.
+    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
     pub display_name: String,
 }
 
@@ -300,8 +305,10 @@ pub struct SessionTicket {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct MessagesQuery {
     /// 1–100, default 50.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
-    /// A message id: return the messages before it.
+    /// A message id of this session: return the messages before it.
+    #[param(value_type = Option<Uuid>)]
     pub before: Option<String>,
 }
 
@@ -420,7 +427,7 @@ pub async fn create_session(
     responses((status = 200, body = SessionTicket), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
-              (status = 429, body = ErrorBody)))]
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn join_session(
     State(app): State<App>,
     _quota: WriteQuota,
@@ -450,7 +457,8 @@ fn ticket(
 
 #[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions",
     params(("id" = Uuid, Path, description = "The session id")),
-    responses((status = 200, body = Session), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Session), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn get_session(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -464,7 +472,7 @@ pub async fn get_session(
     security(("bearer" = [])),
     responses((status = 200, body = MessagesBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn list_messages(
     State(app): State<App>,
     Bearer(claims): Bearer,
@@ -518,7 +526,8 @@ pub async fn list_messages(
     params(("id" = Uuid, Path, description = "The session id")),
     security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn end_session(
     State(app): State<App>,
     Bearer(claims): Bearer,
