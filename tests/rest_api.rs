@@ -125,8 +125,8 @@ async fn health_reports_each_part(backend: Backend) {
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["database"], "connected");
     let expected_redis = match backend {
-        Backend::Sqlite => "embedded",
-        Backend::Postgres => "connected",
+        b if b.has_redis() => "connected",
+        _ => "embedded",
     };
     assert_eq!(body["redis"], expected_redis);
     assert!(chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok());

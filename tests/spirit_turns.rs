@@ -47,10 +47,16 @@ async fn questions_are_answered_one_at_a_time_in_order(backend: Backend) {
     for transcript in &transcripts {
         busy.extend(transcript.iter().filter(|e| e["type"] == "error").cloned());
     }
+    // Every frame has been handled: whatever they caused came before these pongs.
+    seance_tests::settle(
+        &table.app,
+        &mut table.clients.iter_mut().collect::<Vec<_>>(),
+    )
+    .await;
     for client in &mut table.clients {
         busy.extend(
             client
-                .drain(Duration::from_millis(200))
+                .until_pong()
                 .await
                 .into_iter()
                 .filter(|e| e["type"] == "error"),
@@ -188,6 +194,11 @@ async fn two_instances_on_one_queue_take_turns() {
     let first = table.clients[0].collect_until("spirit_response", 3).await;
     assert_eq!(check_transcript(&first), answers);
 }
+
+seance_tests::on_mixed_backends!(
+    sqlite_with_redis, postgres_in_process:
+    questions_are_answered_one_at_a_time_in_order,
+);
 
 seance_tests::on_both_backends!(
     redis, in_process:
@@ -350,7 +361,7 @@ async fn a_session_has_an_hourly_question_cap() {
     table.clients[0].collect_until("spirit_response", 1).await;
     table.clients[1].send_json(ask("How many shelves?")).await;
     table.clients[1].collect_until("spirit_response", 2).await;
-    table.clients[0].drain(Duration::from_millis(100)).await;
+    table.clients[0].until_pong().await;
     table.clients[1].send_json(ask("How many rooms?")).await;
     let refused = table.clients[1].expect("error").await;
     assert_eq!(refused["code"], "rate_limited");
@@ -358,9 +369,12 @@ async fn a_session_has_an_hourly_question_cap() {
         refused["retry_after_ms"].as_u64().unwrap() > 60_000,
         "{refused}"
     );
-    table.clients[0]
-        .expect_none("message_received", Duration::from_millis(300))
-        .await;
+    seance_tests::settle(&table.app, &mut [&mut table.clients[1]]).await;
+    let seen = table.clients[0].until_pong().await;
+    assert!(
+        !seen.iter().any(|e| e["type"] == "message_received"),
+        "{seen:?}"
+    );
 }
 
 /// `session_state.spirit` says what the spirit is doing.

@@ -305,8 +305,8 @@ async fn pings(backend: Backend) {
     assert_eq!(
         store.backend(),
         match backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
+            b if b.is_postgres() => "postgres",
+            _ => "sqlite",
         }
     );
 }

@@ -63,6 +63,9 @@ fn production_handler() -> MessageHandler {
 /// The emulator's state: the app whose handlers it calls, and the open sockets.
 pub struct Gateway {
     app: App,
+    /// Message-route invocations still running, and a wake-up when one ends.
+    running: std::sync::atomic::AtomicUsize,
+    ran: tokio::sync::Notify,
     /// Connections whose `@connections` calls never answer (a test's stuck client).
     stalled: Mutex<std::collections::HashSet<String>>,
     message_handler: std::sync::RwLock<MessageHandler>,
@@ -79,6 +82,8 @@ impl Gateway {
     pub fn new(app: App, addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
             stalled: Mutex::new(std::collections::HashSet::new()),
+            running: std::sync::atomic::AtomicUsize::new(0),
+            ran: tokio::sync::Notify::new(),
             message_handler: std::sync::RwLock::new(production_handler()),
             integration_timeout: app.config.ws_integration_timeout,
             idle_timeout: app.config.ws_idle_timeout,
@@ -132,6 +137,19 @@ impl Gateway {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(connection_id)
+    }
+
+    /// Waits until no message-route invocation and no `$disconnect` is running: everything
+    /// the frames and closes seen so far caused has been pushed. Tests wait on this
+    /// instead of a clock.
+    pub async fn settled(&self) {
+        loop {
+            let ran = self.ran.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            ran.await;
+        }
     }
 
     /// How many sockets are open.
@@ -369,6 +387,9 @@ async fn run_socket(
     let mut idle_deadline = Instant::now() + gateway.idle_timeout;
     // Closed by the client: its code, or 1005 when it gave none; 1006 when the TCP
     // connection just dropped. Closed here: the code we sent.
+    // Counts the close as running from before the client can see it until $disconnect has
+    // run, so `settled` waits for it.
+    let mut closing: Option<Running> = None;
     let (code, reason): (u16, String) = loop {
         let deadline = idle_deadline.min(end_of_life);
         tokio::select! {
@@ -376,6 +397,7 @@ async fn run_socket(
                 None | Some(Err(_)) => break (1006, "Connection closed abnormally".into()),
                 Some(Ok(Message::Text(text))) => {
                     if text.len() > MAX_MESSAGE_BYTES {
+                        closing = Some(Running::start(&gateway));
                         let _ = sink.send(close(1009, "Message too big")).await;
                         break (1009, "Message too big".into());
                     }
@@ -392,6 +414,7 @@ async fn run_socket(
                     });
                 }
                 Some(Ok(Message::Binary(_))) => {
+                    closing = Some(Running::start(&gateway));
                     let _ = sink.send(close(1003, "Binary data is not supported")).await;
                     break (1003, "Binary data is not supported".into());
                 }
@@ -410,17 +433,20 @@ async fn run_socket(
                     }
                 }
                 Some(Outbound::Close) | None => {
+                    closing = Some(Running::start(&gateway));
                     let _ = sink.send(close(1000, "Connection closed by the server")).await;
                     break (1000, "Connection closed by the server".into());
                 }
             },
             () = tokio::time::sleep_until(deadline) => {
                 let reason = if deadline == end_of_life { "Connection reached its maximum lifetime" } else { "Connection idle" };
+                closing = Some(Running::start(&gateway));
                 let _ = sink.send(close(1001, reason)).await;
                 break (1001, reason.into());
             }
         }
     };
+    let _done = closing.unwrap_or_else(|| Running::start(&gateway));
     let _ = sink.close().await;
     gateway.sockets().remove(&connection_id);
     let _permit = gateway.in_flight.acquire().await;
@@ -461,6 +487,27 @@ pub fn route_key(body: &str) -> &'static str {
         .unwrap_or("$default")
 }
 
+/// One running invocation, counted down however it ends (a panic included).
+struct Running(Arc<Gateway>);
+
+impl Running {
+    fn start(gateway: &Arc<Gateway>) -> Self {
+        gateway
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(gateway.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.ran.notify_waiters();
+    }
+}
+
 /// Invokes the message route's integration as API Gateway does: a handler that has not
 /// returned within the integration timeout (29 s on AWS, fixed) gets the client API
 /// Gateway's own timeout frame while the handler runs on; a handler that fails (here: a
@@ -488,7 +535,12 @@ async fn route_message(
         return;
     };
     let handler = gateway.message_handler();
-    let mut invocation = tokio::spawn(handler(gateway.app.clone(), event));
+    let counted = Running::start(&gateway);
+    let invocation = handler(gateway.app.clone(), event);
+    let mut invocation = tokio::spawn(async move {
+        let _done = counted;
+        invocation.await
+    });
     let failure = match tokio::time::timeout(gateway.integration_timeout, &mut invocation).await {
         Ok(Ok(_response)) => return,
         Ok(Err(err)) => {

@@ -253,27 +253,24 @@ pub async fn handle_message(
         (Some(body), false) => body.as_str(),
         _ => "",
     };
-    // Every frame costs something (a sync is four queries), so every frame is budgeted.
-    let budget = frame_budget(app, &connection_id, text).await;
-    let outcome = match budget.and_then(|()| parse_frame(text, app.config.max_frame_bytes)) {
-        Ok(frame) => {
-            let kind = frame.type_name();
-            // A bug in one frame's handling answers that frame with `internal`; it does not
-            // fail the invocation (API Gateway would send its own non-protocol frame).
-            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer(
-                app,
-                &endpoint,
-                &connection,
-                frame,
-            )))
-            .await
-            .unwrap_or_else(|_| {
-                tracing::error!(%connection_id, kind, "the frame's handler panicked");
-                Err(internal(kind))
-            })
-        }
-        Err(err) => Err(err),
+    let handled = async {
+        // Every frame costs something (a sync is four queries), so every frame is budgeted.
+        frame_budget(app, &connection_id, text).await?;
+        let frame = parse_frame(text, app.config.max_frame_bytes)?;
+        answer(app, &endpoint, &connection, frame).await
     };
+    // A bug in one frame's handling answers that frame with `internal`; it does not fail
+    // the invocation (API Gateway would send the client its own non-protocol frame).
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handled))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(%connection_id, "a frame's handler panicked");
+            Err(FrameError::new(
+                ErrorCode::Internal,
+                "the séance could not do that just now; try again",
+                frame_type(text).as_deref(),
+            ))
+        });
     if let Err(err) = outcome {
         tracing::info!(%connection_id, code = ?err.code, "frame refused");
         app.broadcaster()
@@ -472,6 +469,13 @@ fn rate_limited(wait: std::time::Duration, why: &str, kind: Option<&str>) -> Fra
     }
 }
 
+/// The `type` a frame names, if it is JSON with a string `type`.
+fn frame_type(text: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+}
+
 /// One frame from the connection's budget (every frame, whatever its type). A limiter
 /// that cannot answer lets the frame through: the budget guards cost, not correctness.
 async fn frame_budget(app: &App, connection_id: &str, text: &str) -> Result<(), FrameError> {
@@ -479,9 +483,7 @@ async fn frame_budget(app: &App, connection_id: &str, text: &str) -> Result<(), 
     match app.limiter.acquire(&key, app.config.frame_limit()).await {
         Ok(Decision::Allowed) => Ok(()),
         Ok(Decision::RetryAfter(wait)) => {
-            let kind = serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+            let kind = frame_type(text);
             Err(rate_limited(
                 wait,
                 "too many frames from this connection",

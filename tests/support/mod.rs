@@ -111,6 +111,18 @@ pub async fn fresh_postgres_url() -> String {
     format!("{base}/{name}")
 }
 
+/// Waits until the harness has handled everything `senders` sent so far: each sends a
+/// `ping` and waits for its `pong` (so the harness has read their earlier frames), then
+/// the gateway's invocations and disconnects must all have finished. After this, an
+/// observer's [`ws::WsClient::until_pong`] holds every event those frames caused.
+pub async fn settle(app: &TestApp, senders: &mut [&mut ws::WsClient]) {
+    for sender in senders.iter_mut() {
+        sender.send_json(json!({"type": "ping"})).await;
+        sender.expect("pong").await;
+    }
+    app.harness.gateway.settled().await;
+}
+
 /// A SQLite file of its own (not `:memory:`, so concurrent connections are real).
 pub fn fresh_sqlite_url() -> String {
     let path = std::env::temp_dir().join(format!("seance-test-{}.db", Uuid::new_v4().simple()));
@@ -166,8 +178,43 @@ macro_rules! on_each_redis {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite with the in-process stores: the harness's embedded default.
     Sqlite,
+    /// PostgreSQL with Redis: production's parts.
     Postgres,
+    /// The mixes an operator may run too.
+    SqliteWithRedis,
+    PostgresInProcess,
+}
+
+impl Backend {
+    pub fn has_redis(self) -> bool {
+        matches!(self, Self::Postgres | Self::SqliteWithRedis)
+    }
+
+    pub fn is_postgres(self) -> bool {
+        matches!(self, Self::Postgres | Self::PostgresInProcess)
+    }
+}
+
+/// Runs each named `async fn(Backend)` on the mixed back-ends, in modules `$sqlite_redis`
+/// (SQLite with Redis) and `$postgres_in_process` (PostgreSQL with in-process stores).
+#[macro_export]
+macro_rules! on_mixed_backends {
+    ($sqlite_redis:ident, $postgres_in_process:ident: $($name:ident),* $(,)?) => {
+        mod $sqlite_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::Backend::SqliteWithRedis).await
+            })*
+        }
+        mod $postgres_in_process {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::Backend::PostgresInProcess).await
+            })*
+        }
+    };
 }
 
 /// The harness's configuration for a test: port 0, a known secret, quiet logs.
@@ -196,8 +243,8 @@ pub fn test_config(database_url: &str, redis_url: Option<&str>) -> Config {
 /// A migrated, empty store of the given backend.
 pub async fn fresh_store(backend: Backend) -> (DynStore, Database) {
     let url = match backend {
-        Backend::Sqlite => fresh_sqlite_url(),
-        Backend::Postgres => fresh_postgres_url().await,
+        Backend::Sqlite | Backend::SqliteWithRedis => fresh_sqlite_url(),
+        Backend::Postgres | Backend::PostgresInProcess => fresh_postgres_url().await,
     };
     let config = test_config(&url, None);
     let database = Database::connect_lazy(&config).expect("pool");
@@ -222,6 +269,8 @@ pub async fn spawn_app_configured(backend: Backend, adjust: impl FnOnce(&mut Con
     let mut config = match backend {
         Backend::Sqlite => test_config("sqlite::memory:", None),
         Backend::Postgres => test_config(&fresh_postgres_url().await, Some(&redis_url())),
+        Backend::SqliteWithRedis => test_config(&fresh_sqlite_url(), Some(&redis_url())),
+        Backend::PostgresInProcess => test_config(&fresh_postgres_url().await, None),
     };
     adjust(&mut config);
     spawn_app_with(config).await

@@ -2,7 +2,6 @@
 //! of what each client saw of the spirit's turns.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -39,10 +38,10 @@ pub async fn table(app: TestApp, persona: &str, names: &[&str]) -> Table {
         client.sync(None).await;
         clients.push(client);
     }
-    // Let the joins' user_joined events land, then forget them.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every $connect has returned, so each user_joined came before these pongs: forget
+    // them.
     for client in &mut clients {
-        client.drain(Duration::from_millis(20)).await;
+        client.until_pong().await;
     }
     Table {
         app,

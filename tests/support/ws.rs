@@ -119,6 +119,16 @@ impl WsClient {
         }
     }
 
+    /// Sends a `ping` and returns every event that came before its `pong` (buffered ones
+    /// first). Once the gateway has settled (see [`crate::settle`]), everything earlier
+    /// frames caused for this connection is among them: a positive marker, not a clock.
+    pub async fn until_pong(&mut self) -> Vec<Value> {
+        self.send_json(serde_json::json!({"type": "ping"})).await;
+        let mut events = self.collect_until("pong", 1).await;
+        events.pop();
+        events
+    }
+
     /// The next event, whatever its type (buffered ones first).
     pub async fn next_event(&mut self) -> Value {
         if let Some(event) = self.buffer.pop_front() {
