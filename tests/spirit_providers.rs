@@ -23,6 +23,7 @@ fn request() -> SpiritRequest {
     SpiritRequest {
         persona_id: persona.id.clone(),
         persona_name: persona.name.clone(),
+        oracle_lines: persona.oracle.clone(),
         system: persona.system_instruction(),
         conversation: vec![
             Turn {

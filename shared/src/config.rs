@@ -549,44 +549,6 @@ impl Config {
         })
     }
 
-    pub fn message_limit(&self) -> crate::ratelimit::RateLimit {
-        crate::ratelimit::RateLimit {
-            interval: self.message_interval,
-            burst: self.message_burst,
-        }
-    }
-
-    /// The per-session hourly question cap as a bucket: the whole hour's questions may
-    /// come at once, then they refill evenly.
-    pub fn session_question_limit(&self) -> crate::ratelimit::RateLimit {
-        let per_hour = self.spirit.session_questions_per_hour.max(1);
-        crate::ratelimit::RateLimit {
-            interval: Duration::from_secs(3600) / per_hour,
-            burst: per_hour,
-        }
-    }
-
-    pub fn rest_write_limit(&self) -> crate::ratelimit::RateLimit {
-        crate::ratelimit::RateLimit {
-            interval: self.rest_interval,
-            burst: self.rest_burst,
-        }
-    }
-
-    pub fn frame_limit(&self) -> crate::ratelimit::RateLimit {
-        crate::ratelimit::RateLimit {
-            interval: self.frame_interval,
-            burst: self.frame_burst,
-        }
-    }
-
-    pub fn typing_limit(&self) -> crate::ratelimit::RateLimit {
-        crate::ratelimit::RateLimit {
-            interval: self.typing_interval,
-            burst: 1,
-        }
-    }
-
     pub fn uses_sqlite(&self) -> bool {
         self.database_url.expose().starts_with("sqlite:")
     }

@@ -15,6 +15,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod redis_client;
 pub mod rest;
+pub mod session_end;
 pub mod spirit;
 pub mod store;
 pub mod telemetry;

@@ -48,9 +48,36 @@ pub struct Persona {
     pub max_words: u32,
     /// The body of the steering file: who this spirit is.
     pub steering: String,
+    /// Stock lines in this spirit's voice for when the model fails (`fallback_lines`).
+    pub fallback_lines: Vec<String>,
+    /// What the offline oracle says in this voice: hedges for yes/no questions it will not
+    /// settle, musings for anything else, and the name it gives (`oracle_hedges`,
+    /// `oracle_musings`, `oracle_name`).
+    pub oracle: OracleLines,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OracleLines {
+    pub hedges: Vec<String>,
+    pub musings: Vec<String>,
+    /// Empty: the last word of the persona's name.
+    pub name: String,
+}
+
+fn lines(default: &[&str]) -> Vec<String> {
+    default.iter().map(|l| (*l).to_owned()).collect()
 }
 
 impl Persona {
+    /// A stock line in this spirit's voice, the same for the same question.
+    pub fn fallback_line(&self, question_id: uuid::Uuid) -> String {
+        let index = (question_id.as_u128() % self.fallback_lines.len().max(1) as u128) as usize;
+        self.fallback_lines
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| "The spirits are silent".to_owned())
+    }
+
     pub fn summary(&self) -> PersonaSummary {
         PersonaSummary {
             id: self.id.clone(),
@@ -123,6 +150,23 @@ pub fn parse_persona(file: &str, text: &str) -> Result<Persona, PersonaError> {
     let mut voice_id = None;
     let mut temperature = 0.8_f32;
     let mut max_words = MAX_WORDS_CAP;
+    let mut fallback_lines = lines(&["The spirits are silent", "The veil is thick tonight"]);
+    let mut oracle = OracleLines {
+        hedges: lines(&["The veil is thick", "Perhaps", "Ask again"]),
+        musings: lines(&["I am listening", "The candles know", "Not yet"]),
+        name: String::new(),
+    };
+    let list = |field: &str, value: &str| -> Result<Vec<String>, PersonaError> {
+        let items: Vec<String> = value
+            .split('|')
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Err(err(field, "give at least one line, separated by |"));
+        }
+        Ok(items)
+    };
     for line in front
         .lines()
         .map(str::trim)
@@ -162,6 +206,10 @@ pub fn parse_persona(file: &str, text: &str) -> Result<Persona, PersonaError> {
                     .filter(|w| (1..=MAX_WORDS_CAP).contains(w))
                     .ok_or_else(|| err("max_words", "must be a whole number from 1 to 40"))?;
             }
+            "fallback_lines" => fallback_lines = list("fallback_lines", &value)?,
+            "oracle_hedges" => oracle.hedges = list("oracle_hedges", &value)?,
+            "oracle_musings" => oracle.musings = list("oracle_musings", &value)?,
+            "oracle_name" => oracle.name = value,
             other => return Err(err(other, "is not a known field")),
         }
     }
@@ -180,6 +228,8 @@ pub fn parse_persona(file: &str, text: &str) -> Result<Persona, PersonaError> {
         temperature,
         max_words,
         steering: body.to_owned(),
+        fallback_lines,
+        oracle,
     })
 }
 
@@ -261,6 +311,32 @@ impl Personas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_persona_file_holds_its_own_stock_lines() {
+        let file = "---\nid: percy\nname: Percy the Poltergeist\ndescription: d\n\
+fallback_lines: Crash | Bang, bang\noracle_hedges: Rattle\noracle_musings: Thump | Creak\n---\nA noisy spirit.";
+        let percy = parse_persona("percy.md", file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(percy.fallback_lines, ["Crash", "Bang, bang"]);
+        assert_eq!(percy.oracle.hedges, ["Rattle"]);
+        assert_eq!(percy.oracle.musings, ["Thump", "Creak"]);
+        assert!(
+            ["Crash", "Bang, bang"].contains(&percy.fallback_line(uuid::Uuid::now_v7()).as_str())
+        );
+        let empty = file.replace("oracle_hedges: Rattle", "oracle_hedges: |");
+        let err = parse_persona("percy.md", &empty).unwrap_err();
+        assert_eq!(err.field, "oracle_hedges");
+        // The built-in spirits carry their own.
+        let personas = Personas::built_in();
+        let captain = personas
+            .get("captain-hollow")
+            .unwrap_or_else(|| panic!("built in"));
+        assert_eq!(
+            captain.fallback_lines,
+            ["Fog on the water", "Heavy seas, ask again"]
+        );
+        assert_eq!(captain.oracle.name, "Hollow");
+    }
 
     #[test]
     fn built_ins_parse_and_are_distinct() {

@@ -8,12 +8,59 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::config::Config;
 use crate::redis_client::Redis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub interval: Duration,
     pub burst: u32,
+}
+
+/// The limits the configuration sets, built here so configuration knows nothing of rate
+/// limiting.
+impl RateLimit {
+    /// Questions per participant: a burst, then one per interval.
+    pub fn questions(config: &Config) -> Self {
+        Self {
+            interval: config.message_interval,
+            burst: config.message_burst,
+        }
+    }
+
+    /// The per-session hourly question cap as a bucket: the whole hour's questions may
+    /// come at once, then they refill evenly.
+    pub fn session_questions(config: &Config) -> Self {
+        let per_hour = config.spirit.session_questions_per_hour.max(1);
+        Self {
+            interval: Duration::from_secs(3600) / per_hour,
+            burst: per_hour,
+        }
+    }
+
+    /// Session creations and joins per client.
+    pub fn rest_writes(config: &Config) -> Self {
+        Self {
+            interval: config.rest_interval,
+            burst: config.rest_burst,
+        }
+    }
+
+    /// Every frame of one connection.
+    pub fn frames(config: &Config) -> Self {
+        Self {
+            interval: config.frame_interval,
+            burst: config.frame_burst,
+        }
+    }
+
+    /// `typing` passed on per participant.
+    pub fn typing(config: &Config) -> Self {
+        Self {
+            interval: config.typing_interval,
+            burst: 1,
+        }
+    }
 }
 
 /// Allowed, or refused with how long to wait.

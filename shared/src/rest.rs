@@ -222,7 +222,7 @@ impl FromRequestParts<App> for WriteQuota {
         let key = format!("rest-write:{client}");
         match app
             .limiter
-            .acquire(&key, app.config.rest_write_limit())
+            .acquire(&key, crate::ratelimit::RateLimit::rest_writes(&app.config))
             .await
         {
             Ok(crate::ratelimit::Decision::Allowed) => Ok(Self),
@@ -540,9 +540,7 @@ pub async fn end_session(
     if claims.role != Role::Host {
         return Err(ApiError::Forbidden("only the host can end the session"));
     }
-    let session = app.store.end_session(id).await?;
-    tracing::info!(session_id = %session.id, "session ended");
-    crate::ws::close_session(&app, session.id).await;
+    crate::session_end::end_session(&app, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::encodings::Body;
 use chrono::{DateTime, TimeZone, Utc};
-use futures_util::StreamExt;
 use http::HeaderValue;
 use uuid::Uuid;
 
@@ -15,8 +14,8 @@ use crate::app::App;
 use crate::connections::{Connection, Presence};
 use crate::domain::{MessageContent, Participant, SessionStatus, TurnState};
 use crate::protocol::{ClientFrame, ErrorCode, FrameError, ServerEvent, SpiritState, parse_frame};
-use crate::push::{Audience, FANOUT_CONCURRENCY};
-use crate::ratelimit::Decision;
+use crate::push::Audience;
+use crate::ratelimit::{Decision, RateLimit};
 use crate::spirit::queue::Ticket;
 use crate::store::StoreError;
 
@@ -330,7 +329,11 @@ async fn answer(
         }
         ClientFrame::Typing => {
             let key = format!("typing:{session_id}:{}", connection.participant.id);
-            match app.limiter.acquire(&key, app.config.typing_limit()).await {
+            match app
+                .limiter
+                .acquire(&key, RateLimit::typing(&app.config))
+                .await
+            {
                 Ok(Decision::Allowed) => {
                     broadcaster
                         .broadcast(
@@ -393,12 +396,12 @@ async fn accept_question(
     let limits = [
         (
             format!("message:{session_id}:{}", connection.participant.id),
-            app.config.message_limit(),
+            RateLimit::questions(&app.config),
             "too many questions",
         ),
         (
             format!("session-questions:{session_id}"),
-            app.config.session_question_limit(),
+            RateLimit::session_questions(&app.config),
             "this séance has asked all it may this hour",
         ),
     ];
@@ -480,7 +483,11 @@ fn frame_type(text: &str) -> Option<String> {
 /// that cannot answer lets the frame through: the budget guards cost, not correctness.
 async fn frame_budget(app: &App, connection_id: &str, text: &str) -> Result<(), FrameError> {
     let key = format!("frames:{connection_id}");
-    match app.limiter.acquire(&key, app.config.frame_limit()).await {
+    match app
+        .limiter
+        .acquire(&key, RateLimit::frames(&app.config))
+        .await
+    {
         Ok(Decision::Allowed) => Ok(()),
         Ok(Decision::RetryAfter(wait)) => {
             let kind = frame_type(text);
@@ -597,37 +604,4 @@ pub fn online(connections: Vec<Connection>) -> Vec<Participant> {
         .collect();
     participants.sort_by_key(|p| p.seat);
     participants
-}
-
-/// After the host ends a session: `session_ended` to everyone, then every socket closed.
-/// Connections are forgotten before they are closed, so their `$disconnect` announces no
-/// `user_left` after the end.
-pub async fn close_session(app: &App, session_id: Uuid) {
-    let endpoint = app.push_endpoint(None, None);
-    app.broadcaster()
-        .broadcast(
-            &endpoint,
-            session_id,
-            &ServerEvent::SessionEnded {},
-            Audience::Everyone,
-        )
-        .await;
-    let connections = match app.connections.in_session(session_id).await {
-        Ok(connections) => connections,
-        Err(err) => {
-            tracing::warn!(%err, %session_id, "cannot list connections to close");
-            return;
-        }
-    };
-    futures_util::stream::iter(connections)
-        .for_each_concurrent(FANOUT_CONCURRENCY, |connection| {
-            let endpoint = endpoint.clone();
-            async move {
-                let _ = app.connections.remove(&connection.connection_id).await;
-                if let Err(err) = app.pusher.close(&endpoint, &connection.connection_id).await {
-                    tracing::debug!(%err, connection_id = %connection.connection_id, "close after end");
-                }
-            }
-        })
-        .await;
 }

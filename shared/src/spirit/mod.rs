@@ -38,6 +38,8 @@ pub struct Turn {
 pub struct SpiritRequest {
     pub persona_id: String,
     pub persona_name: String,
+    /// What the offline oracle says in this persona's voice.
+    pub oracle_lines: crate::personas::OracleLines,
     /// The base steering and the persona's own, as one system instruction.
     pub system: String,
     /// Oldest first; ends with the living's turn that holds the question.

@@ -199,7 +199,7 @@ impl Spirit {
             (Ok(()), false) => (text, false),
             _ => {
                 tracing::info!(error = ?outcome.as_ref().err(), "the spirit falls back to a stock line");
-                (fallback_line(&persona.id, question.id), true)
+                (persona.fallback_line(question.id), true)
             }
         };
         let (content, fallback, path) = match &self.voice {
@@ -407,6 +407,7 @@ impl Spirit {
         SpiritRequest {
             persona_id: persona.id.clone(),
             persona_name: persona.name.clone(),
+            oracle_lines: persona.oracle.clone(),
             system: persona.system_instruction(),
             conversation: turns,
             question: question.content.clone(),
@@ -767,19 +768,4 @@ impl Deadline {
             epoch_ms: i64::try_from(deadline_ms).unwrap_or(i64::MAX),
         }
     }
-}
-
-/// A stock line in the persona's voice, for when the model fails.
-pub fn fallback_line(persona_id: &str, question_id: Uuid) -> String {
-    let lines: &[&str] = match persona_id {
-        "madame-veyra" => &[
-            "The mists cloud my sight",
-            "The veil is thick tonight, dear ones",
-        ],
-        "captain-hollow" => &["Fog on the water", "Heavy seas, ask again"],
-        "the-archivist" => &["Record unavailable", "That volume is missing"],
-        _ => &["The spirits are silent", "The veil is thick tonight"],
-    };
-    let index = (question_id.as_u128() % lines.len() as u128) as usize;
-    lines[index].to_owned()
 }
