@@ -453,3 +453,50 @@ seance_tests::on_both_backends!(
     turns_are_claimed_and_answered_once,
     migrations_are_reversible,
 );
+
+/// Behind RDS Proxy, named prepared statements pin a client to one database connection:
+/// with `DATABASE_PREPARED_STATEMENTS=false` the store prepares none (and with the default
+/// it does, so this test can tell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_prepared_statements_nothing_is_prepared() {
+    for prepared in [false, true] {
+        let mut config = seance_tests::test_config(&seance_tests::fresh_postgres_url().await, None);
+        config.database_max_connections = 1;
+        config.database_prepared_statements = prepared;
+        // Migrate on a pool of its own: the migrator prepares its own statements.
+        let migrating = seance::store::Database::connect_lazy(&config).unwrap();
+        migrating.migrate_up().await.unwrap();
+        migrating.close().await;
+        let database = seance::store::Database::connect_lazy(&config).unwrap();
+        let store = database.store_with(prepared);
+        let (session, host) = store.create_session(new_session(4)).await.unwrap();
+        store
+            .join_session(session.id, &DisplayName::parse("Bob").unwrap())
+            .await
+            .unwrap();
+        let mut accepting = store.begin_accept(session.id).await.unwrap();
+        accepting
+            .insert_question(Uuid::now_v7(), &host, "Anyone?".into())
+            .await
+            .unwrap();
+        accepting.commit().await.unwrap();
+        store.messages_before(session.id, None, 10).await.unwrap();
+        let seance::store::Database::Postgres(pool) = &database else {
+            unreachable!("a PostgreSQL database")
+        };
+        // One connection in the pool: the one every statement above ran on.
+        let named: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+            .persistent(false)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if prepared {
+            assert!(named > 0, "the default prepares its statements");
+        } else {
+            assert_eq!(
+                named, 0,
+                "nothing prepared that would pin a proxy connection"
+            );
+        }
+    }
+}

@@ -56,8 +56,8 @@ impl App {
     /// Start-up of every Lambda: configuration from the environment (Lambda profile),
     /// logs, then the state. A bad configuration prints one clear line naming the variable
     /// and exits, so the function fails its init instead of serving half-configured.
-    pub fn for_lambda() -> Self {
-        lambda_start_up(|config| {
+    pub fn for_lambda(needs: crate::config::Needs) -> Self {
+        lambda_start_up(needs, |config| {
             let websocket_url = config.public_ws_url.clone().unwrap_or_default();
             Self::build(config, &websocket_url).map(|(app, _database)| app)
         })
@@ -122,7 +122,7 @@ impl App {
             questions,
             voice,
             voice_cache,
-            store: database.store(),
+            store: database.store_with(config.database_prepared_statements),
             tokens,
             redis,
             personas: Arc::new(personas),
@@ -134,12 +134,14 @@ impl App {
 
     /// Start-up of the `migrate` Lambda: the database pool only.
     pub fn database_for_lambda() -> Database {
-        lambda_start_up(|config| Database::connect_lazy(&config).map_err(StartupError::from))
+        lambda_start_up(crate::config::Needs::MIGRATE, |config| {
+            Database::connect_lazy(&config).map_err(StartupError::from)
+        })
     }
 
     /// Start-up of the `spirit` Lambda: the narrow set the spirit's turn needs.
     pub fn spirit_for_lambda() -> Spirit {
-        Self::for_lambda().spirit_worker()
+        Self::for_lambda(crate::config::Needs::SPIRIT).spirit_worker()
     }
 
     /// What the spirit's turn needs of this state: store, pushes, personas, board, model.
@@ -186,8 +188,11 @@ impl App {
 
 /// Configuration (Lambda profile), logs, then `build`; on any error one clear line and
 /// exit 1, so the function fails its init rather than serving half-configured.
-fn lambda_start_up<T>(build: impl FnOnce(Config) -> Result<T, StartupError>) -> T {
-    let built = Config::from_env(crate::config::Profile::Lambda)
+fn lambda_start_up<T>(
+    needs: crate::config::Needs,
+    build: impl FnOnce(Config) -> Result<T, StartupError>,
+) -> T {
+    let built = Config::from_env_for(crate::config::Profile::Lambda, needs)
         .map_err(StartupError::from)
         .and_then(|config| {
             crate::telemetry::init(&config.log_level, config.log_format);

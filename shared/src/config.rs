@@ -207,6 +207,11 @@ pub struct Config {
     pub database_url: Secret,
     /// Database connections per process; a Lambda needs 1–2.
     pub database_max_connections: u32,
+    /// Another host for `DATABASE_URL`'s credentials (`DATABASE_HOST`): RDS Proxy's endpoint.
+    pub database_host: Option<String>,
+    /// Named prepared statements (`DATABASE_PREPARED_STATEMENTS`, true); false behind
+    /// RDS Proxy, where they pin a client to one database connection.
+    pub database_prepared_statements: bool,
     /// `REDIS_URL` and how to reach it; `None` means the harness's embedded stores.
     pub redis: Option<RedisConfig>,
     /// Prefix of every Redis key, so deployments and tests can share a server.
@@ -283,6 +288,64 @@ pub enum ConfigError {
     Invalid { var: &'static str, reason: String },
 }
 
+/// What one Lambda function uses, so it is given (and requires) only those secrets and
+/// services: least privilege, checked at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    pub database: bool,
+    pub redis: bool,
+    /// Signs or verifies tokens (`JWT_SECRET`).
+    pub jwt: bool,
+    /// Sends to the spirit's queue (`SPIRIT_QUEUE_URL`).
+    pub queue: bool,
+    /// Calls the model (its API key).
+    pub model: bool,
+}
+
+impl Needs {
+    pub const ALL: Self = Self {
+        database: true,
+        redis: true,
+        jwt: true,
+        queue: true,
+        model: true,
+    };
+    pub const SESSIONS_API: Self = Self {
+        queue: false,
+        model: false,
+        ..Self::ALL
+    };
+    pub const WS_CONNECT: Self = Self::SESSIONS_API;
+    pub const WS_MESSAGE: Self = Self {
+        jwt: false,
+        model: false,
+        ..Self::ALL
+    };
+    pub const WS_DISCONNECT: Self = Self {
+        database: false,
+        redis: true,
+        jwt: false,
+        queue: false,
+        model: false,
+    };
+    pub const SPIRIT: Self = Self {
+        jwt: false,
+        queue: false,
+        ..Self::ALL
+    };
+    pub const MIGRATE: Self = Self {
+        database: true,
+        redis: false,
+        jwt: false,
+        queue: false,
+        model: false,
+    };
+}
+
+/// Stands in for `DATABASE_URL` in a function that never touches the database: the pool
+/// is lazy and never used, and would fail loudly if it were.
+const NO_DATABASE: &str = "postgres://not-given-to-this-function.invalid/none";
+
 pub const MIN_JWT_SECRET_CHARS: usize = 32;
 const DEFAULT_SQLITE_URL: &str = "sqlite:.seance/seance.db";
 
@@ -290,6 +353,11 @@ impl Config {
     /// Reads `.env` (if present, without overriding the real environment), then the
     /// environment.
     pub fn from_env(profile: Profile) -> Result<Self, ConfigError> {
+        Self::from_env_for(profile, Needs::ALL)
+    }
+
+    /// As [`from_env`](Self::from_env), requiring in Lambda only what `needs` says.
+    pub fn from_env_for(profile: Profile, needs: Needs) -> Result<Self, ConfigError> {
         // A missing .env is the normal case in Lambda; a malformed one is worth a warning.
         if let Err(err) = dotenvy::dotenv()
             && !err.not_found()
@@ -297,12 +365,20 @@ impl Config {
             eprintln!("warning: ignoring .env: {err}");
         }
         let vars: HashMap<String, String> = std::env::vars().collect();
-        Self::from_vars(profile, &vars)
+        Self::from_vars_for(profile, needs, &vars)
     }
 
     /// The validation itself, over any map, so tests need not touch the process environment.
     pub fn from_vars(
         profile: Profile,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_vars_for(profile, Needs::ALL, vars)
+    }
+
+    pub fn from_vars_for(
+        profile: Profile,
+        needs: Needs,
         vars: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
         let get = |name: &str| {
@@ -314,6 +390,7 @@ impl Config {
 
         let database_url = match get("DATABASE_URL") {
             Some(url) => url,
+            None if lambda && !needs.database => NO_DATABASE.to_owned(),
             None if lambda => {
                 return Err(ConfigError::Missing {
                     var: "DATABASE_URL",
@@ -343,7 +420,7 @@ impl Config {
             .as_deref()
             .map(|url| redis_config(&get, url))
             .transpose()?;
-        if lambda && redis_url.is_none() {
+        if lambda && needs.redis && redis_url.is_none() {
             return Err(ConfigError::Missing {
                 var: "REDIS_URL",
                 hint: "a redis:// or rediss:// URL",
@@ -363,7 +440,7 @@ impl Config {
                     ),
                 });
             }
-            None if lambda => {
+            None if lambda && needs.jwt => {
                 return Err(ConfigError::Missing {
                     var: "JWT_SECRET",
                     hint: "at least 32 random characters, e.g. from `openssl rand -base64 48`",
@@ -460,8 +537,8 @@ impl Config {
             }
         };
 
-        let spirit = spirit_config(&get, &duration)?;
-        if lambda && spirit.queue_url.is_none() {
+        let spirit = spirit_config(&get, &duration, !lambda || needs.model)?;
+        if lambda && needs.queue && spirit.queue_url.is_none() {
             return Err(ConfigError::Missing {
                 var: "SPIRIT_QUEUE_URL",
                 hint: "the URL of the spirit's SQS FIFO queue (the template sets it)",
@@ -489,6 +566,17 @@ impl Config {
                 1,
                 100,
             )?,
+            database_host: get("DATABASE_HOST"),
+            database_prepared_statements: match get("DATABASE_PREPARED_STATEMENTS").as_deref() {
+                None | Some("true" | "1" | "yes") => true,
+                Some("false" | "0" | "no") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "DATABASE_PREPARED_STATEMENTS",
+                        reason: format!("`{other}` is neither true nor false"),
+                    });
+                }
+            },
             redis,
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "seance:".to_owned()),
             jwt_secret,
@@ -601,6 +689,7 @@ fn voice_config(
 fn spirit_config(
     get: &impl Fn(&str) -> Option<String>,
     duration: &impl Fn(&'static str, Duration) -> Result<Duration, ConfigError>,
+    calls_the_model: bool,
 ) -> Result<SpiritConfig, ConfigError> {
     let google_key = get("GOOGLE_API_KEY");
     let openai_base = get("OPENAI_BASE_URL");
@@ -629,10 +718,17 @@ fn spirit_config(
     };
     let provider = match choice.as_str() {
         "gemini" => SpiritProviderConfig::Gemini {
-            api_key: Secret::new(google_key.ok_or(ConfigError::Missing {
-                var: "GOOGLE_API_KEY",
-                hint: "a Gemini API key, or SPIRIT_PROVIDER=oracle for the offline spirit",
-            })?),
+            // A function that never calls the model only names it (in /health).
+            api_key: Secret::new(match google_key {
+                Some(key) => key,
+                None if !calls_the_model => "not-given-to-this-function".to_owned(),
+                None => {
+                    return Err(ConfigError::Missing {
+                        var: "GOOGLE_API_KEY",
+                        hint: "a Gemini API key, or SPIRIT_PROVIDER=oracle for the offline spirit",
+                    });
+                }
+            }),
             model: get("GEMINI_MODEL").unwrap_or_else(|| "gemini-flash-latest".into()),
             base_url: url(
                 "GEMINI_BASE_URL",
@@ -957,6 +1053,71 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn each_function_requires_only_what_it_uses() {
+        let only = |names: &[&str]| -> HashMap<String, String> {
+            lambda_vars()
+                .into_iter()
+                .filter(|(k, _)| names.contains(k) || *k == "PUBLIC_WS_URL")
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        let disconnect =
+            Config::from_vars_for(Profile::Lambda, Needs::WS_DISCONNECT, &only(&["REDIS_URL"]))
+                .unwrap();
+        assert_eq!(disconnect.jwt_secret, JwtSecret::Ephemeral);
+        let migrate =
+            Config::from_vars_for(Profile::Lambda, Needs::MIGRATE, &only(&["DATABASE_URL"]))
+                .unwrap();
+        assert!(migrate.redis.is_none());
+        let mut gemini = only(&["DATABASE_URL", "REDIS_URL", "JWT_SECRET"]);
+        gemini.insert("SPIRIT_PROVIDER".into(), "gemini".into());
+        let api = Config::from_vars_for(Profile::Lambda, Needs::SESSIONS_API, &gemini).unwrap();
+        assert!(matches!(
+            api.spirit.provider,
+            SpiritProviderConfig::Gemini { .. }
+        ));
+        // The spirit calls the model: without its key it does not start.
+        let err = Config::from_vars_for(Profile::Lambda, Needs::SPIRIT, &gemini).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    var: "GOOGLE_API_KEY",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // ws-message sends to the queue, so it needs its URL; ws-connect does not.
+        let connect_vars = only(&["DATABASE_URL", "REDIS_URL", "JWT_SECRET"]);
+        assert!(Config::from_vars_for(Profile::Lambda, Needs::WS_CONNECT, &connect_vars).is_ok());
+        let err =
+            Config::from_vars_for(Profile::Lambda, Needs::WS_MESSAGE, &connect_vars).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    var: "SPIRIT_QUEUE_URL",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = Config::from_vars_for(Profile::Lambda, Needs::WS_CONNECT, &only(&["REDIS_URL"]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    var: "DATABASE_URL",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,6 +3,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let app = seance::App::for_lambda();
+    let app = seance::App::for_lambda(seance::config::Needs::SESSIONS_API);
     lambda_http::run(seance::rest::router(app)).await
 }

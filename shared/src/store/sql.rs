@@ -67,9 +67,16 @@ impl Database {
             };
             Ok(Self::Sqlite(pool))
         } else {
-            let options = PgConnectOptions::from_str(url).map_err(|_| {
+            let mut options = PgConnectOptions::from_str(url).map_err(|_| {
                 StoreError::Internal("DATABASE_URL is not a valid postgres:// URL".into())
             })?;
+            if let Some(host) = &config.database_host {
+                // RDS Proxy's endpoint, with the credentials of DATABASE_URL.
+                options = options.host(host);
+            }
+            if !config.database_prepared_statements {
+                options = options.statement_cache_capacity(0);
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(config.database_max_connections)
                 .acquire_timeout(Duration::from_secs(3))
@@ -79,9 +86,21 @@ impl Database {
     }
 
     pub fn store(&self) -> DynStore {
+        self.store_with(true)
+    }
+
+    /// The store, with named prepared statements or (`prepared: false`, for RDS Proxy)
+    /// unnamed ones only.
+    pub fn store_with(&self, prepared: bool) -> DynStore {
         match self {
-            Self::Postgres(pool) => Arc::new(PgStore { pool: pool.clone() }),
-            Self::Sqlite(pool) => Arc::new(SqliteStore { pool: pool.clone() }),
+            Self::Postgres(pool) => Arc::new(PgStore {
+                pool: pool.clone(),
+                prepared,
+            }),
+            Self::Sqlite(pool) => Arc::new(SqliteStore {
+                pool: pool.clone(),
+                prepared,
+            }),
         }
     }
 
@@ -96,11 +115,15 @@ impl Database {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub pool: PgPool,
+    /// Named (prepared, cached) statements; off behind RDS Proxy, where they pin a client
+    /// to one database connection.
+    pub prepared: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub pool: SqlitePool,
+    pub prepared: bool,
 }
 
 const SELECT_SESSION: &str = "SELECT id, name, persona, status, participant_count, max_participants, created_at FROM sessions WHERE id = $1";
@@ -200,6 +223,7 @@ macro_rules! impl_sql_store {
             tx: sqlx::Transaction<'static, $db>,
             session: Session,
             unanswered: u32,
+            prepared: bool,
         }
 
         #[async_trait]
@@ -228,6 +252,7 @@ macro_rules! impl_sql_store {
                     created_at: now(),
                 };
                 sqlx::query(INSERT_QUESTION)
+                    .persistent(self.prepared)
                     .bind(message.id)
                     .bind(message.session_id)
                     .bind(author.id)
@@ -310,6 +335,7 @@ macro_rules! impl_sql_store {
 
             async fn message_seq(&self, session_id: Uuid, id: Uuid) -> Result<i64, StoreError> {
                 sqlx::query(MESSAGE_SEQ)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .bind(id)
                     .fetch_optional(&self.pool)
@@ -327,7 +353,10 @@ macro_rules! impl_sql_store {
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1")
+                    .persistent(self.prepared)
+                    .execute(&self.pool)
+                    .await?;
                 Ok(())
             }
 
@@ -353,6 +382,7 @@ macro_rules! impl_sql_store {
                 };
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(INSERT_SESSION)
+                    .persistent(self.prepared)
                     .bind(session.id)
                     .bind(&session.name)
                     .bind(&session.persona)
@@ -361,6 +391,7 @@ macro_rules! impl_sql_store {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(INSERT_PARTICIPANT)
+                    .persistent(self.prepared)
                     .bind(host.id)
                     .bind(session.id)
                     .bind(&host.display_name)
@@ -382,6 +413,7 @@ macro_rules! impl_sql_store {
                 // The conditional increment is the seat lock: the row lock (Postgres) or the
                 // write lock (SQLite) makes racing joins take turns, and each re-checks the cap.
                 let Some(row) = sqlx::query(JOIN_TAKE_SEAT)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
                     .await?
@@ -398,6 +430,7 @@ macro_rules! impl_sql_store {
                     seat,
                 };
                 sqlx::query(INSERT_PARTICIPANT)
+                    .persistent(self.prepared)
                     .bind(participant.id)
                     .bind(session_id)
                     .bind(&participant.display_name)
@@ -412,6 +445,7 @@ macro_rules! impl_sql_store {
 
             async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
                 let row = sqlx::query(SELECT_SESSION)
+                    .persistent(self.prepared)
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?
@@ -425,6 +459,7 @@ macro_rules! impl_sql_store {
                 participant_id: Uuid,
             ) -> Result<Option<Participant>, StoreError> {
                 sqlx::query(SELECT_PARTICIPANT)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .bind(participant_id)
                     .fetch_optional(&self.pool)
@@ -435,6 +470,7 @@ macro_rules! impl_sql_store {
 
             async fn end_session(&self, id: Uuid) -> Result<Session, StoreError> {
                 match sqlx::query(END_SESSION)
+                    .persistent(self.prepared)
                     .bind(id)
                     .bind(now())
                     .fetch_optional(&self.pool)
@@ -456,6 +492,7 @@ macro_rules! impl_sql_store {
                     created_at: now(),
                 };
                 let inserted = sqlx::query(INSERT_MESSAGE)
+                    .persistent(self.prepared)
                     .bind(message.id)
                     .bind(message.session_id)
                     .bind(message.kind.as_str())
@@ -486,6 +523,7 @@ macro_rules! impl_sql_store {
                     None => i64::MAX,
                 };
                 let rows = sqlx::query(MESSAGES_BEFORE)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .bind(below)
                     // One extra row says whether an older page exists.
@@ -515,12 +553,14 @@ macro_rules! impl_sql_store {
             ) -> Result<Box<dyn Acceptance>, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query(LOCK_SESSION)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
                     .await?
                     .ok_or(StoreError::SessionNotFound)?;
                 let session = Self::session_from_row(&row)?;
                 let unanswered: i64 = sqlx::query(COUNT_UNANSWERED)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_one(&mut *tx)
                     .await?
@@ -529,6 +569,7 @@ macro_rules! impl_sql_store {
                     tx,
                     session,
                     unanswered: u32::try_from(unanswered).unwrap_or(u32::MAX),
+                    prepared: self.prepared,
                 }))
             }
 
@@ -540,6 +581,7 @@ macro_rules! impl_sql_store {
                 let mut tx = self.pool.begin().await?;
                 // Wait for an acceptance in progress, so its question is seen in its place.
                 if sqlx::query(LOCK_SESSION)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
                     .await?
@@ -548,6 +590,7 @@ macro_rules! impl_sql_store {
                     return Ok(Claim::Nothing);
                 }
                 let Some(row) = sqlx::query(OLDEST_UNANSWERED)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
                     .await?
@@ -566,6 +609,7 @@ macro_rules! impl_sql_store {
                     return Ok(Claim::InProgress);
                 }
                 let claimed = sqlx::query(CLAIM_QUESTION)
+                    .persistent(self.prepared)
                     .bind(message.id)
                     .bind(attempts)
                     .bind(until_ms)
@@ -584,6 +628,7 @@ macro_rules! impl_sql_store {
 
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
                 sqlx::query(MARK_SPEAKING)
+                    .persistent(self.prepared)
                     .bind(question_id)
                     .execute(&self.pool)
                     .await?;
@@ -600,6 +645,7 @@ macro_rules! impl_sql_store {
                 let id = reply_id;
                 let created_at = now();
                 let inserted = sqlx::query(INSERT_REPLY)
+                    .persistent(self.prepared)
                     .bind(id)
                     .bind(&content)
                     .bind(created_at)
@@ -609,6 +655,7 @@ macro_rules! impl_sql_store {
                 if let Some(row) = inserted {
                     let session_id: Uuid = row.try_get("session_id")?;
                     sqlx::query(SETTLE_QUESTION)
+                        .persistent(self.prepared)
                         .bind(question_id)
                         .bind(TurnState::Answered.as_str())
                         .execute(&mut *tx)
@@ -626,6 +673,7 @@ macro_rules! impl_sql_store {
                 }
                 // Nothing stored: the reply exists already, or the session ended.
                 let answered = sqlx::query(HAS_REPLY)
+                    .persistent(self.prepared)
                     .bind(question_id)
                     .fetch_optional(&mut *tx)
                     .await?
@@ -636,6 +684,7 @@ macro_rules! impl_sql_store {
                     TurnState::Dropped
                 };
                 sqlx::query(SETTLE_QUESTION)
+                    .persistent(self.prepared)
                     .bind(question_id)
                     .bind(settled.as_str())
                     .execute(&mut *tx)
@@ -650,6 +699,7 @@ macro_rules! impl_sql_store {
 
             async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
                 Ok(sqlx::query(DROP_UNANSWERED)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .execute(&self.pool)
                     .await?
@@ -658,6 +708,7 @@ macro_rules! impl_sql_store {
 
             async fn turn_state(&self, session_id: Uuid) -> Result<Option<TurnState>, StoreError> {
                 sqlx::query(HEAD_TURN)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&self.pool)
                     .await?
@@ -673,6 +724,7 @@ macro_rules! impl_sql_store {
             ) -> Result<MessagesAfter, StoreError> {
                 let above = self.message_seq(session_id, after).await?;
                 let rows = sqlx::query(MESSAGES_AFTER)
+                    .persistent(self.prepared)
                     .bind(session_id)
                     .bind(above)
                     .bind(i64::from(limit) + 1)
