@@ -164,3 +164,28 @@ fn the_parsers_see_a_missing_route() {
     let template = self::template().replace("RouteKey: typing", "RouteKey: typed");
     assert!(!template_values(&template, "RouteKey").contains("typing"));
 }
+
+#[test]
+fn the_licence_file_matches_the_manifest() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("license = \"MIT\""));
+    let licence = std::fs::read_to_string(root().join("LICENSE")).expect("a LICENSE file");
+    assert!(licence.starts_with("MIT License"));
+}
+
+#[test]
+fn every_function_has_a_log_group_with_the_retention_parameter() {
+    let template = template();
+    let functions: Vec<String> = template
+        .lines()
+        .zip(template.lines().skip(1))
+        .filter(|(_, next)| next.trim() == "Type: AWS::Serverless::Function")
+        .map(|(line, _)| line.trim().trim_end_matches(':').to_owned())
+        .collect();
+    assert_eq!(functions.len(), 6, "{functions:?}");
+    for function in functions {
+        let group = format!("LogGroupName: !Sub \"/aws/lambda/${{{function}}}\"");
+        assert!(template.contains(&group), "{function} has no log group");
+    }
+    assert!(template.contains("RetentionInDays: !Ref LogRetentionDays"));
+}
