@@ -121,7 +121,6 @@ async fn yes_no_goodbye_and_names_go_where_they_should(backend: Backend) {
     let events = client.collect_until("spirit_response", 1).await;
     assert_eq!(check_transcript(&events)[0].1, "HOLLOW");
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
     client.send_json(ask("Will the ship come home?")).await;
     let events = client.collect_until("spirit_response", 1).await;
     let answer = &check_transcript(&events)[0].1;
@@ -260,7 +259,6 @@ async fn a_gemini_model_streams_its_own_answers() {
         "streamed in pieces, not all at once ({tokens})"
     );
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
     table.clients[1].send_json(ask("Count for me")).await;
     let events = table.clients[0].collect_until("spirit_response", 2).await;
     let answers = check_transcript(&events);
