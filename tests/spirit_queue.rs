@@ -67,6 +67,28 @@ async fn connection_of(app: &TestApp, sid: &str, name: &str) -> String {
         .connection_id
 }
 
+/// The configuration with a Gemini-shaped local model.
+fn gemini(mut config: Config, mock: &MockLlm) -> Config {
+    config.spirit.provider = SpiritProviderConfig::Gemini {
+        api_key: Secret::new("test-key"),
+        model: "gemini-test".into(),
+        base_url: mock.base_url.clone(),
+    };
+    config
+}
+
+/// The harness with nobody feeding the queue to the spirit: the test plays the event
+/// source mapping itself.
+async fn without_event_source(config: Config) -> TestApp {
+    spawn_app_with_options(
+        config,
+        local_dev::Options {
+            event_source: false,
+        },
+    )
+    .await
+}
+
 /// An SQS event as the event source mapping builds it, one record per ticket.
 fn sqs_event(tickets: &[Ticket]) -> SqsEvent {
     let records: Vec<Value> = tickets
@@ -275,13 +297,7 @@ async fn a_worker_killed_mid_answer_is_taken_over() {
     let mut config = queue_config(&queue_url).await;
     config.spirit.function_timeout = Duration::from_secs(6);
     config.spirit.oracle_word_delay = Duration::from_millis(100);
-    let app = spawn_app_with_options(
-        config,
-        local_dev::Options {
-            event_source: false,
-        },
-    )
-    .await;
+    let app = without_event_source(config).await;
     let mut table = table(app, "the-archivist", &["Ada", "Bob"]).await;
     table.clients[0]
         .send_json(ask("Recall the first catalogue in full"))
@@ -479,19 +495,7 @@ async fn a_model_slower_than_the_deadline_gets_the_fallback_in_time() {
         Box::new(stream(gemini_stream(&["Too ", "late."], "STOP"))),
     )])
     .await;
-    let mut config = test_config("sqlite::memory:", None);
-    config.spirit.provider = SpiritProviderConfig::Gemini {
-        api_key: Secret::new("test-key"),
-        model: "gemini-test".into(),
-        base_url: mock.base_url.clone(),
-    };
-    let app = spawn_app_with_options(
-        config,
-        local_dev::Options {
-            event_source: false,
-        },
-    )
-    .await;
+    let app = without_event_source(gemini(test_config("sqlite::memory:", None), &mock)).await;
     let mut table = table(app, "captain-hollow", &["Ada"]).await;
     table.clients[0].send_json(ask("Where is the ship?")).await;
     let received = table.clients[0].expect("message_received").await;
@@ -521,19 +525,8 @@ async fn a_model_slower_than_the_deadline_gets_the_fallback_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn questions_of_an_ended_session_never_reach_the_model() {
     let mock = MockLlm::start(vec![stream(gemini_stream(&["Never."], "STOP"))]).await;
-    let mut config = test_config(&fresh_postgres_url().await, Some(&redis_url()));
-    config.spirit.provider = SpiritProviderConfig::Gemini {
-        api_key: Secret::new("test-key"),
-        model: "gemini-test".into(),
-        base_url: mock.base_url.clone(),
-    };
-    let app = spawn_app_with_options(
-        config,
-        local_dev::Options {
-            event_source: false,
-        },
-    )
-    .await;
+    let config = test_config(&fresh_postgres_url().await, Some(&redis_url()));
+    let app = without_event_source(gemini(config, &mock)).await;
     let mut table = table(app, "madame-veyra", &["Ada", "Bob"]).await;
     let mut tickets = Vec::new();
     for (i, question) in ["First?", "Second?"].iter().enumerate() {
@@ -572,13 +565,7 @@ async fn questions_of_an_ended_session_never_reach_the_model() {
 async fn a_redelivered_message_is_answered_once() {
     let mut config = test_config("sqlite::memory:", None);
     config.spirit.oracle_word_delay = Duration::from_millis(10);
-    let app = spawn_app_with_options(
-        config,
-        local_dev::Options {
-            event_source: false,
-        },
-    )
-    .await;
+    let app = without_event_source(config).await;
     let mut table: Table = table(app, "madame-veyra", &["Ada"]).await;
     table.clients[0].send_json(ask("Is anyone there?")).await;
     let received = table.clients[0].expect("message_received").await;
@@ -620,13 +607,7 @@ async fn a_redelivered_message_is_answered_once() {
 /// fails for a reason worth retrying is reported, and so is everything after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_failures_follow_fifo_rules() {
-    let app = spawn_app_with_options(
-        test_config("sqlite::memory:", None),
-        local_dev::Options {
-            event_source: false,
-        },
-    )
-    .await;
+    let app = without_event_source(test_config("sqlite::memory:", None)).await;
     let spirit = app.harness.app.spirit_worker();
     let mut event: SqsEvent = serde_json::from_value(json!({"Records": [
         {"messageId": "garbled", "body": "not a ticket", "attributes": {}, "messageAttributes": {}},
