@@ -15,7 +15,7 @@ use seance::config::{Config, Secret, SpiritProviderConfig};
 use seance::domain::TurnState;
 use seance::spirit::queue::Ticket;
 use seance_tests::mock_llm::{MockLlm, Reply, gemini_stream, stream};
-use seance_tests::turns::{Table, ask, check_transcript, table};
+use seance_tests::turns::{Table, ask, everyone_hears, table};
 use seance_tests::{
     Backend, TestApp, fresh_fifo_queue, fresh_postgres_url, redis_url, spawn_app_configured,
     spawn_app_with_options, sqs_endpoint, sqs_test_client, test_config,
@@ -154,12 +154,6 @@ async fn replies(app: &TestApp, sid: &str) -> HashMap<Uuid, usize> {
     counts
 }
 
-/// Sends a ping and collects everything up to its pong: what arrived before it.
-async fn until_pong(client: &mut seance_tests::ws::WsClient) -> Vec<Value> {
-    client.send_json(json!({"type": "ping"})).await;
-    client.collect_until("pong", 1).await
-}
-
 // ---------------------------------------------------------------------------------------
 
 /// A séance on a real FIFO queue behaves as on the in-process one: every question is
@@ -177,15 +171,7 @@ async fn a_seance_runs_on_a_real_fifo_queue() {
     for (i, question) in asked.iter().enumerate() {
         table.clients[i].send_json(ask(question)).await;
     }
-    let mut transcripts = Vec::new();
-    for client in &mut table.clients {
-        transcripts.push(client.collect_until("spirit_response", 3).await);
-    }
-    let answers = check_transcript(&transcripts[0]);
-    assert_eq!(answers.len(), 3);
-    for other in &transcripts[1..] {
-        assert_eq!(check_transcript(other), answers);
-    }
+    let (_, answers) = everyone_hears(&mut table.clients, 3).await;
     let stored = questions(&table.app, &table.sid).await;
     let answered: Vec<Uuid> = answers.iter().map(|(q, _)| q.parse().unwrap()).collect();
     assert_eq!(answered, stored, "answered in the order stored");
@@ -256,10 +242,7 @@ async fn many_seances_at_once(app: TestApp) {
                     .send_json(ask(&format!("Room {room}, question {i}")))
                     .await;
             }
-            let mut transcripts = Vec::new();
-            for client in &mut clients {
-                transcripts.push(client.collect_until("spirit_response", 3).await);
-            }
+            let (transcripts, answers) = everyone_hears(&mut clients, 3).await;
             for transcript in &transcripts {
                 assert!(
                     transcript
@@ -268,8 +251,6 @@ async fn many_seances_at_once(app: TestApp) {
                     "only this séance's events"
                 );
             }
-            let answers = check_transcript(&transcripts[0]);
-            assert_eq!(check_transcript(&transcripts[1]), answers);
             (sid, answers)
         }));
     }
@@ -424,15 +405,7 @@ async fn two_instances_and_two_workers_keep_one_order() {
             .await;
         a.await.unwrap();
         b.await.unwrap();
-        let mut transcripts = Vec::new();
-        for client in &mut table.clients {
-            transcripts.push(client.collect_until("spirit_response", 3).await);
-        }
-        let answers = check_transcript(&transcripts[0]);
-        assert_eq!(answers.len(), 3);
-        for other in &transcripts[1..] {
-            assert_eq!(check_transcript(other), answers, "everyone saw the same");
-        }
+        everyone_hears(&mut table.clients, 3).await;
     }
     let stored = questions(&table.app, &table.sid).await;
     assert_eq!(stored.len(), 6);
@@ -481,7 +454,7 @@ async fn send_message_returns_before_the_model_answers() {
         matches!(state, Some(TurnState::Queued | TurnState::Thinking)),
         "{state:?}"
     );
-    let before_pong = until_pong(&mut table.clients[0]).await;
+    let before_pong = table.clients[0].until_pong().await;
     assert!(before_pong.iter().any(|e| e["type"] == "message_received"));
     assert!(!before_pong.iter().any(|e| e["type"] == "spirit_response"));
 }
@@ -592,7 +565,7 @@ async fn a_redelivered_message_is_answered_once() {
             .batch_item_failures
             .is_empty()
     );
-    let after = until_pong(&mut table.clients[0]).await;
+    let after = table.clients[0].until_pong().await;
     assert!(
         !after
             .iter()

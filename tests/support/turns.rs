@@ -55,6 +55,24 @@ pub fn ask(content: &str) -> Value {
     json!({"type": "send_message", "content": content})
 }
 
+/// Every client's events up to its `count`th `spirit_response`, each transcript checked
+/// and all agreeing on the same `count` answers: the transcripts and the answers.
+pub async fn everyone_hears(
+    clients: &mut [WsClient],
+    count: usize,
+) -> (Vec<Vec<Value>>, Vec<(String, String)>) {
+    let mut transcripts = Vec::new();
+    for client in clients.iter_mut() {
+        transcripts.push(client.collect_until("spirit_response", count).await);
+    }
+    let answers = check_transcript(&transcripts[0]);
+    assert_eq!(answers.len(), count);
+    for other in &transcripts[1..] {
+        assert_eq!(check_transcript(other), answers, "everyone saw the same");
+    }
+    (transcripts, answers)
+}
+
 /// Checks one client's transcript: each question answered once, in order, streams whole
 /// and never interleaved, tokens adding up to the stored answer and its path.
 pub fn check_transcript(events: &[Value]) -> Vec<(String, String)> {
