@@ -5,6 +5,7 @@
 
 pub mod event_source;
 pub mod gateway;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -164,7 +165,9 @@ pub async fn spawn_with(
         }
     };
     let gateway = gateway::Gateway::new(app.clone(), addr);
-    let router = seance::rest::router(app.clone()).merge(gateway::router(gateway.clone()));
+    let router = seance::rest::router(app.clone())
+        .merge(gateway::router(gateway.clone()))
+        .merge(web::router());
     let (stop, stopped) = oneshot::channel::<()>();
     let closing = gateway.clone();
     let server = tokio::spawn(async move {

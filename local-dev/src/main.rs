@@ -93,6 +93,10 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // One line with the bound address, for people and for scripts that started on port 0.
     println!("listening on {}", harness.base_url());
     println!("websocket_url {}", harness.app.websocket_url);
+    println!(
+        "open {}/ in two browser windows for a séance",
+        harness.base_url()
+    );
     std::io::stdout().flush()?;
     harness.wait().await?;
     Ok(())

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BoardSymbol {
     pub symbol: String,
@@ -12,6 +13,7 @@ pub struct BoardSymbol {
     pub y: f64,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Board {
     pub symbols: Vec<BoardSymbol>,

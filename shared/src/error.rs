@@ -74,11 +74,13 @@ impl ApiError {
 }
 
 /// The protocol's error body: `{"error": {"code", "message"}}`, plus `field` on a 422.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code, e.g. `invalid_field`.
@@ -87,6 +89,7 @@ pub struct ErrorDetail {
     pub message: String,
     /// The offending field of a 422.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", ts(optional))]
     pub field: Option<String>,
 }
 

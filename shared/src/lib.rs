@@ -3,6 +3,7 @@
 //! that runs in AWS.
 
 pub mod app;
+pub mod asyncapi;
 pub mod auth;
 pub mod board;
 pub mod config;

@@ -2,7 +2,7 @@
 //! the socket's error codes.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -10,11 +10,22 @@ use crate::board::Board;
 use crate::domain::{Message, Participant, Session};
 use crate::spirit::planchette::PathPoint;
 
-/// A frame from a client, parsed and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A frame from a client, parsed and checked. [`parse_frame`] reads frames (it tells each
+/// mistake apart); the serde attributes describe the same shape for the TypeScript and
+/// AsyncAPI documents.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    Sync { after: Option<Uuid> },
-    SendMessage { content: String },
+    Sync {
+        /// The last message you have: the server sends those after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "typescript", ts(optional))]
+        after: Option<Uuid>,
+    },
+    SendMessage {
+        content: String,
+    },
     Typing,
     Ping,
 }
@@ -30,7 +41,8 @@ impl ClientFrame {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,
@@ -129,7 +141,8 @@ pub fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, FrameErr
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SpiritState {
     Idle,
@@ -138,7 +151,8 @@ pub enum SpiritState {
 }
 
 /// An event pushed to clients; [`Envelope`] adds `session_id` and `timestamp`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerEvent {
     SessionState {
@@ -203,13 +217,17 @@ pub enum ServerEvent {
         code: ErrorCode,
         message: String,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "typescript", ts(optional))]
         request_type: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "typescript", ts(optional))]
         retry_after_ms: Option<u64>,
     },
     Pong {},
 }
 
+/// Every frame the server sends: an event with its session and time.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(rename = "ServerFrame"))]
 #[derive(Debug, Serialize)]
 pub struct Envelope<'a> {
     #[serde(flatten)]

@@ -46,6 +46,7 @@ pub fn router(app: App) -> Router {
         .route("/api/sessions/{id}/join", post(join_session))
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route("/api/sessions/{id}/end", post(end_session))
+        .route("/asyncapi.json", get(asyncapi))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -246,6 +247,7 @@ fn session_id(raw: &str) -> Result<Uuid, ApiError> {
 // ---------------------------------------------------------------------------------------
 // Bodies.
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthBody {
     /// `healthy` or `degraded`.
@@ -263,11 +265,13 @@ pub struct HealthBody {
     pub timestamp: DateTime<Utc>,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PersonasBody {
     pub personas: Vec<PersonaSummary>,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSessionBody {
     /// 1–100 characters after trimming; no control characters.
@@ -278,12 +282,15 @@ pub struct CreateSessionBody {
     pub host_name: String,
     /// A persona id from `GET /api/personas`; the default persona when left out.
     #[schema(min_length = 1)]
+    #[cfg_attr(feature = "typescript", ts(optional = nullable))]
     pub persona: Option<String>,
     /// 2–12; 8 when left out.
     #[schema(minimum = 2, maximum = 12)]
+    #[cfg_attr(feature = "typescript", ts(optional = nullable))]
     pub max_participants: Option<i64>,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct JoinSessionBody {
     /// 1–40 characters after trimming; no control characters.
@@ -292,6 +299,7 @@ pub struct JoinSessionBody {
 }
 
 /// The answer to create and join: the session, who you are in it, and how to connect.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionTicket {
     pub session: Session,
@@ -312,6 +320,7 @@ pub struct MessagesQuery {
     pub before: Option<String>,
 }
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagesBody {
     /// Oldest first.
@@ -322,6 +331,11 @@ pub struct MessagesBody {
 
 // ---------------------------------------------------------------------------------------
 // Handlers.
+
+/// The WebSocket protocol as AsyncAPI 3 (the REST routes are `/openapi.json`).
+async fn asyncapi() -> axum::Json<serde_json::Value> {
+    axum::Json(crate::asyncapi::document())
+}
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -549,7 +563,7 @@ pub async fn end_session(
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Séance API", description = "REST routes of the séance protocol (v1). The WebSocket protocol is in docs/protocol.md."),
+    info(title = "Séance API", description = "REST routes of the séance protocol (v1). The WebSocket protocol is in /asyncapi.json and docs/protocol.md."),
     paths(health, list_personas, create_session, join_session, get_session, list_messages, end_session),
     components(schemas(ErrorBody, HealthBody, PersonasBody, PersonaSummary, CreateSessionBody, JoinSessionBody,
                        SessionTicket, Session, Participant, Message, MessagesBody)),

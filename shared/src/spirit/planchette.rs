@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::board::Board;
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PathPoint {
     pub symbol: String,

@@ -16,6 +16,7 @@ use std::f64::consts::PI;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PanPoint {
     /// Milliseconds from the start of the answer (the same clock as the planchette).
