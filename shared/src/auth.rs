@@ -70,7 +70,9 @@ impl TokenKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        // The server never sets `nbf`, but a token that carries one is held to it.
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(&bytes),
             decoding: DecodingKey::from_secret(&bytes),
@@ -107,14 +109,23 @@ impl TokenKeys {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            })
+            })?;
+        // Issued in the future: not ours (our clock issued every token we signed).
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        if claims.iat > Utc::now().timestamp().saturating_add(leeway) {
+            return Err(AuthError::Invalid);
+        }
+        Ok(claims)
     }
 }
+
+/// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 5;
 
 /// 48 random bytes from two v4 UUIDs' OS randomness, hex-encoded: enough for HS256 and
 /// no extra dependency.

@@ -531,7 +531,7 @@ async fn main() {
     let cpu = cpu_used(&cpu_before, &cpu_after);
     let cpu_total: f64 = cpu.values().sum();
     let qps = answered_in_window as f64 / elapsed;
-    let cpu_per_question_ms = if answered_in_window > 0 {
+    let cpu_per_question_ms = if answered_in_window > 0 && !cpu.is_empty() {
         cpu_total * 1000.0 / answered_in_window as f64
     } else {
         0.0
@@ -562,13 +562,17 @@ async fn main() {
     eprintln!("|---|---:|---|---|---:|---:|---:|---:|---:|");
     let quad = |v: &Value| format!("{} / {} / {} / {}", v["p50"], v["p90"], v["p99"], v["max"]);
     eprintln!(
-        "| {} × {} | {:.1} | {} | {} | {:.2} ms | {missing} | {duplicated} | {reordered} | {foreign} |",
+        "| {} × {} | {:.1} | {} | {} | {} | {missing} | {duplicated} | {reordered} | {foreign} |",
         args.sessions,
         args.members,
         qps,
         quad(&report["fanout_ms"]),
         quad(&report["answer_ms"]),
-        cpu_per_question_ms
+        if cpu.is_empty() {
+            "not measured (no --cpu)".to_owned()
+        } else {
+            format!("{cpu_per_question_ms:.2} ms")
+        }
     );
     if !cpu.is_empty() {
         eprintln!("CPU seconds in the window: {}", report["cpu_s"]);
