@@ -39,7 +39,14 @@ async fn closed_loop(backend: Backend) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "seance-load failed:\n{stderr}");
     let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
-    for lost in ["missing", "duplicated", "reordered", "foreign", "token_faults", "errors"] {
+    for lost in [
+        "missing",
+        "duplicated",
+        "reordered",
+        "foreign",
+        "token_faults",
+        "errors",
+    ] {
         assert_eq!(report[lost], 0, "{lost}: {report}");
     }
     assert!(report["questions"].as_u64().unwrap() > 0, "{report}");
@@ -48,7 +55,10 @@ async fn closed_loop(backend: Backend) {
         report["answer_ms"]["count"].as_u64().unwrap() * 3,
         "every member saw every measured question: {report}"
     );
-    assert!(report["cpu_s"]["server"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["cpu_s"]["server"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     assert!(stderr.contains("| 6 × 3 |"), "the table: {stderr}");
 }
 

@@ -855,6 +855,8 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(response.headers().get("x-request-id").unwrap(), "abc-123");
 }
 
+const TEXT_PATTERN: &str = r"^[^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*$";
+
 /// The OpenAPI document states the constraints the server enforces, at the same bounds,
 /// and every error status a route answers with, so generated clients and schema-driven
 /// fuzzers agree with the server.
@@ -867,13 +869,21 @@ async fn the_openapi_document_states_the_real_constraints() {
     for (field, min, max) in [("name", 1, 100), ("host_name", 1, 40)] {
         assert_eq!(create[field]["minLength"], min, "{field}");
         assert_eq!(create[field]["maxLength"], max, "{field}");
-        assert_eq!(create[field]["pattern"], r"\S", "{field}: not blank");
+        // Not blank (something that is neither whitespace nor control, in Rust's sense of
+        // both), and no control character but the newline.
+        assert_eq!(create[field]["pattern"], TEXT_PATTERN, "{field}");
     }
+    assert_eq!(
+        create["persona"]["enum"],
+        json!(["madame-veyra", "captain-hollow", "the-archivist"]),
+        "only the personas this server has"
+    );
     assert_eq!(create["max_participants"]["minimum"], 2);
     assert_eq!(create["max_participants"]["maximum"], 12);
     let join = schema("JoinSessionBody");
     assert_eq!(join["display_name"]["minLength"], 1);
     assert_eq!(join["display_name"]["maxLength"], 40);
+    assert_eq!(join["display_name"]["pattern"], TEXT_PATTERN);
     let params = doc["paths"]["/api/sessions/{id}/messages"]["get"]["parameters"]
         .as_array()
         .unwrap();

@@ -47,7 +47,11 @@ fn logs() -> &'static Captured {
 /// Fails if any of `secrets` appears in what was logged so far.
 fn assert_not_logged(secrets: &[&str]) {
     let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
-    assert!(text.len() > 1000, "the harness logged almost nothing ({} bytes)", text.len());
+    assert!(
+        text.len() > 1000,
+        "the harness logged almost nothing ({} bytes)",
+        text.len()
+    );
     for secret in secrets {
         assert!(!secret.is_empty());
         // A token's signature alone is enough to matter.
@@ -106,7 +110,10 @@ async fn refused_everywhere(app: &TestApp, session_id: &str, token: &str, status
         .await;
     assert_eq!(end.status(), status, "{what}: POST end");
     let url = format!("{}/ws?token={token}", app.base.replace("http", "ws"));
-    let refused = WsClient::connect(&url).await.err().unwrap_or_else(|| panic!("{what}: the socket opened"));
+    let refused = WsClient::connect(&url)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{what}: the socket opened"));
     assert_eq!(refused.status, status, "{what}: socket");
 }
 
@@ -121,7 +128,11 @@ async fn forged_and_misused_tokens_open_nothing(backend: Backend) {
     let good = claims(session, host, "host", now, now + 600);
 
     // alg none: no signature at all.
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&good));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
     refused_everywhere(&app, session_id, &none, 401, "alg none").await;
     // The header claims RS256 (or HS512) but the signature is HMAC with the secret: the
     // key-confusion trick. Only HS256 is accepted.
@@ -130,22 +141,41 @@ async fn forged_and_misused_tokens_open_nothing(backend: Backend) {
         refused_everywhere(&app, session_id, &confused, 401, alg).await;
     }
     // Signed with another secret.
-    let foreign_secret = sign_with(json!({"alg": "HS256", "typ": "JWT"}), &good, b"another-secret-another-secret-000000");
+    let foreign_secret = sign_with(
+        json!({"alg": "HS256", "typ": "JWT"}),
+        &good,
+        b"another-secret-another-secret-000000",
+    );
     refused_everywhere(&app, session_id, &foreign_secret, 401, "another secret").await;
     // Expired, not yet valid, issued in the future.
     let header = json!({"alg": "HS256", "typ": "JWT"});
-    let expired = sign_with(header.clone(), &claims(session, host, "host", now - 7200, now - 3600), secret);
+    let expired = sign_with(
+        header.clone(),
+        &claims(session, host, "host", now - 7200, now - 3600),
+        secret,
+    );
     refused_everywhere(&app, session_id, &expired, 401, "expired").await;
     let mut later = good.clone();
     later["nbf"] = json!(now + 3600);
     let not_yet = sign_with(header.clone(), &later, secret);
     refused_everywhere(&app, session_id, &not_yet, 401, "nbf in an hour").await;
-    let future = sign_with(header.clone(), &claims(session, host, "host", now + 3600, now + 7200), secret);
+    let future = sign_with(
+        header.clone(),
+        &claims(session, host, "host", now + 3600, now + 7200),
+        secret,
+    );
     refused_everywhere(&app, session_id, &future, 401, "issued in an hour").await;
     // Wrong issuer or audience, and a tampered payload under a real signature.
     let mut wrong_aud = good.clone();
     wrong_aud["aud"] = json!("someone-else");
-    refused_everywhere(&app, session_id, &sign_with(header.clone(), &wrong_aud, secret), 401, "audience").await;
+    refused_everywhere(
+        &app,
+        session_id,
+        &sign_with(header.clone(), &wrong_aud, secret),
+        401,
+        "audience",
+    )
+    .await;
     let real = created["token"].as_str().unwrap();
     let parts: Vec<&str> = real.split('.').collect();
     let mut escalated = good.clone();
@@ -166,26 +196,46 @@ async fn forged_and_misused_tokens_open_nothing(backend: Backend) {
         .post_with_token(&format!("/api/sessions/{session_id}/end"), other_token)
         .await;
     assert_eq!(end.status(), 403);
-    let url = format!("{}/ws/{session_id}?token={other_token}", app.base.replace("http", "ws"));
-    assert_eq!(WsClient::connect(&url).await.err().expect("refused").status, 403);
+    let url = format!(
+        "{}/ws/{session_id}?token={other_token}",
+        app.base.replace("http", "ws")
+    );
+    assert_eq!(
+        WsClient::connect(&url).await.err().expect("refused").status,
+        403
+    );
     // A participant's real token may not end the séance.
     let joined = app.join_ticket(session_id, "Bea").await;
     let participant_token = joined["token"].as_str().unwrap();
     expect_error(
-        app.post_with_token(&format!("/api/sessions/{session_id}/end"), participant_token)
-            .await,
+        app.post_with_token(
+            &format!("/api/sessions/{session_id}/end"),
+            participant_token,
+        )
+        .await,
         403,
         "forbidden",
     )
     .await;
     // Nothing changed: the séance is still open and empty.
-    let (status, body) = status_and_body(app.get(&format!("/api/sessions/{session_id}")).await).await;
+    let (status, body) =
+        status_and_body(app.get(&format!("/api/sessions/{session_id}")).await).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("active")));
 
     // The capture works: what may be logged was (the séance's id), what may not was not.
     let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
-    assert!(text.contains(session_id), "the harness's logs were not captured");
-    assert_not_logged(&[TEST_JWT_SECRET, real, other_token, participant_token, &expired, &none]);
+    assert!(
+        text.contains(session_id),
+        "the harness's logs were not captured"
+    );
+    assert_not_logged(&[
+        TEST_JWT_SECRET,
+        real,
+        other_token,
+        participant_token,
+        &expired,
+        &none,
+    ]);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -218,18 +268,22 @@ async fn awkward_text_round_trips_in_every_field(backend: Backend) {
         let session_id = created["session"]["id"].as_str().unwrap().to_owned();
         let joined = app.join_ticket(&session_id, &text).await;
         assert_eq!(joined["participant"]["display_name"], text.trim());
-        let (_, fetched) = status_and_body(app.get(&format!("/api/sessions/{session_id}")).await).await;
+        let (_, fetched) =
+            status_and_body(app.get(&format!("/api/sessions/{session_id}")).await).await;
         assert_eq!(fetched["name"], text.trim());
         let mut socket = WsClient::connect(&app.ws_url(&joined)).await.unwrap();
         socket.sync(None).await;
-        socket.send_json(json!({"type": "send_message", "content": text})).await;
+        socket
+            .send_json(json!({"type": "send_message", "content": text}))
+            .await;
         let received = socket.expect("message_received").await;
         assert_eq!(received["message"]["content"], text.trim());
         assert_eq!(received["message"]["author"]["display_name"], text.trim());
         socket.collect_until("spirit_response", 1).await;
         let token = joined["token"].as_str().unwrap();
         let (_, page) = status_and_body(
-            app.get_with_token(&format!("/api/sessions/{session_id}/messages"), token).await,
+            app.get_with_token(&format!("/api/sessions/{session_id}/messages"), token)
+                .await,
         )
         .await;
         assert_eq!(page["messages"][0]["content"], text.trim());
@@ -246,24 +300,33 @@ async fn four_byte_characters_count_as_one_at_the_limits(backend: Backend) {
     // 40 candles is a full display name; 41 is one too many.
     let forty = "🕯".repeat(40);
     let (status, body) = status_and_body(
-        app.post("/api/sessions", json!({"name": "🕯".repeat(100), "host_name": forty}))
-            .await,
+        app.post(
+            "/api/sessions",
+            json!({"name": "🕯".repeat(100), "host_name": forty}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["participant"]["display_name"], forty);
     let session_id = body["session"]["id"].as_str().unwrap().to_owned();
     let long = expect_error(
-        app.post("/api/sessions", json!({"name": "🕯".repeat(101), "host_name": "Ada"}))
-            .await,
+        app.post(
+            "/api/sessions",
+            json!({"name": "🕯".repeat(101), "host_name": "Ada"}),
+        )
+        .await,
         422,
         "invalid_field",
     )
     .await;
     assert_eq!(long["field"], "name");
     expect_error(
-        app.post(&format!("/api/sessions/{session_id}/join"), json!({"display_name": "🕯".repeat(41)}))
-            .await,
+        app.post(
+            &format!("/api/sessions/{session_id}/join"),
+            json!({"display_name": "🕯".repeat(41)}),
+        )
+        .await,
         422,
         "invalid_field",
     )
@@ -281,10 +344,21 @@ async fn four_byte_characters_count_as_one_at_the_limits(backend: Backend) {
         .send_json(json!({"type": "send_message", "content": "👻".repeat(500)}))
         .await;
     let received = socket.expect("message_received").await;
-    assert_eq!(received["message"]["content"].as_str().unwrap().chars().count(), 500);
+    assert_eq!(
+        received["message"]["content"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        500
+    );
     socket.collect_until("spirit_response", 1).await;
     let state = socket.sync(None).await;
-    assert_eq!(state["messages"].as_array().unwrap().len(), 2, "only the 500 was stored");
+    assert_eq!(
+        state["messages"].as_array().unwrap().len(),
+        2,
+        "only the 500 was stored"
+    );
 }
 
 async fn lone_surrogates_and_control_characters_are_clear_errors(backend: Backend) {
@@ -294,11 +368,17 @@ async fn lone_surrogates_and_control_characters_are_clear_errors(backend: Backen
         r#"{"name":"bad \ud800 name","host_name":"Ada"}"#,
         r#"{"name":"ok","host_name":"\udfff"}"#,
     ] {
-        expect_error(app.post_raw("/api/sessions", raw.to_owned()).await, 400, "invalid_json").await;
+        expect_error(
+            app.post_raw("/api/sessions", raw.to_owned()).await,
+            400,
+            "invalid_json",
+        )
+        .await;
     }
     for bad in ["a\u{0000}b", "bell\u{0007}", "esc\u{001b}[31m"] {
         let body = expect_error(
-            app.post("/api/sessions", json!({"name": bad, "host_name": "Ada"})).await,
+            app.post("/api/sessions", json!({"name": bad, "host_name": "Ada"}))
+                .await,
             422,
             "invalid_field",
         )
@@ -319,7 +399,10 @@ async fn lone_surrogates_and_control_characters_are_clear_errors(backend: Backen
         .await;
     assert_eq!(socket.expect("error").await["code"], "invalid_message");
     let events = socket.until_pong().await;
-    assert!(events.iter().all(|e| e["type"] != "message_received"), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["type"] != "message_received"),
+        "{events:?}"
+    );
     let state = socket.sync(None).await;
     assert_eq!(state["messages"].as_array().unwrap().len(), 0);
 }

@@ -47,7 +47,7 @@ pub fn router(app: App) -> Router {
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route("/api/sessions/{id}/end", post(end_session))
         .route("/asyncapi.json", get(asyncapi))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi(&app)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -275,10 +275,18 @@ pub struct PersonasBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSessionBody {
     /// 1–100 characters after trimming; no control characters.
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// 1–40 characters after trimming; no control characters.
-    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^[^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub host_name: String,
     /// A persona id from `GET /api/personas`; the default persona when left out.
     #[schema(min_length = 1)]
@@ -286,15 +294,45 @@ pub struct CreateSessionBody {
     pub persona: Option<String>,
     /// 2–12; 8 when left out.
     #[schema(minimum = 2, maximum = 12)]
-    #[cfg_attr(feature = "typescript", ts(optional = nullable))]
-    pub max_participants: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    #[cfg_attr(feature = "typescript", ts(optional = nullable, as = "Option<i64>"))]
+    pub max_participants: Option<WholeNumber>,
+}
+
+/// A whole number as JSON sends it: `2.0` is the integer 2 (JSON Schema agrees), `2.5`
+/// is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeNumber(pub i64);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        if let Some(whole) = number.as_i64() {
+            return Ok(Self(whole));
+        }
+        match number.as_f64() {
+            // Within ±2^53 every whole f64 is exact; the caller checks the real range.
+            Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 =>
+            {
+                #[allow(clippy::cast_possible_truncation)]
+                Ok(Self(f as i64))
+            }
+            _ => Err(serde::de::Error::custom(format!(
+                "{number} is not a whole number"
+            ))),
+        }
+    }
 }
 
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct JoinSessionBody {
     /// 1–40 characters after trimming; no control characters.
-    #[schema(min_length = 1, max_length = 40, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^[^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u0009\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub display_name: String,
 }
 
@@ -419,7 +457,7 @@ pub async fn create_session(
     };
     let max_participants = MaxParticipants::parse(
         body.max_participants
-            .unwrap_or(i64::from(app.config.default_max_participants)),
+            .map_or(i64::from(app.config.default_max_participants), |n| n.0),
         app.config.max_participants_cap,
     )?;
     let (session, host) = app
@@ -570,6 +608,29 @@ pub async fn end_session(
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document of this deployment: [`ApiDoc`] with `persona` limited to the
+/// personas this server has, so that a schema-valid request is one the server accepts.
+pub fn openapi(app: &App) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{Object, Schema, SchemaType, Type};
+    let mut doc = ApiDoc::openapi();
+    let ids: Vec<String> = app.personas.all().iter().map(|p| p.id.clone()).collect();
+    if let Some(RefOr::T(Schema::Object(body))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("CreateSessionBody"))
+    {
+        let mut persona = Object::with_type(SchemaType::from_iter([Type::String, Type::Null]));
+        persona.enum_values = Some(ids.into_iter().map(serde_json::Value::from).collect());
+        persona.description = Some(
+            "A persona id from `GET /api/personas`; the default persona when left out.".into(),
+        );
+        body.properties
+            .insert("persona".into(), RefOr::T(Schema::Object(persona)));
+    }
+    doc
+}
 
 struct BearerAuth;
 

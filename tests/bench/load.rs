@@ -265,7 +265,10 @@ async fn open_member(
                     }
                 }
                 "message_received" => {
-                    let id = event["message"]["id"].as_str().unwrap_or_default().to_owned();
+                    let id = event["message"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     let content = event["message"]["content"]
                         .as_str()
                         .unwrap_or_default()
@@ -454,7 +457,11 @@ async fn main() {
                 let content = format!("question {n} of {}", room.session_id);
                 let measured = measuring.load(Ordering::Relaxed);
                 let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                room.shared.answered.lock().await.insert(content.clone(), done_tx);
+                room.shared
+                    .answered
+                    .lock()
+                    .await
+                    .insert(content.clone(), done_tx);
                 room.shared.pending.lock().await.insert(
                     content.clone(),
                     Pending {
@@ -466,7 +473,10 @@ async fn main() {
                     .out
                     .send(json!({"type": "send_message", "content": content}).to_string());
                 room.asked.push(content.clone());
-                if tokio::time::timeout(Duration::from_secs(60), done_rx).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(60), done_rx)
+                    .await
+                    .is_err()
+                {
                     eprintln!("{}: no answer to `{content}` within 60 s", room.session_id);
                     break;
                 }
@@ -558,7 +568,9 @@ async fn main() {
         "errors": errors,
     });
     eprintln!();
-    eprintln!("| séances × members | questions/s | fan-out p50/p90/p99/max ms | answer p50/p90/p99/max ms | CPU per question | missing | duplicated | reordered | foreign |");
+    eprintln!(
+        "| séances × members | questions/s | fan-out p50/p90/p99/max ms | answer p50/p90/p99/max ms | CPU per question | missing | duplicated | reordered | foreign |"
+    );
     eprintln!("|---|---:|---|---|---:|---:|---:|---:|---:|");
     let quad = |v: &Value| format!("{} / {} / {} / {}", v["p50"], v["p90"], v["p99"], v["max"]);
     eprintln!(
@@ -645,7 +657,10 @@ mod tests {
         let counts = tally(&expected, &events("q1 a1 q2 q2 q3 a3"));
         assert_eq!((counts.missing, counts.duplicated), (1, 1));
         let counts = tally(&expected, &events("q1 q2 a1 a2 q3 a3 q9"));
-        assert_eq!((counts.reordered, counts.foreign, counts.missing), (1, 1, 0));
+        assert_eq!(
+            (counts.reordered, counts.foreign, counts.missing),
+            (1, 1, 0)
+        );
     }
 }
 
