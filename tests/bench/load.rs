@@ -640,30 +640,6 @@ fn tally(expected: &[(char, String)], seen: &[(char, String)]) -> Counts {
     counts
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn events(spec: &str) -> Vec<(char, String)> {
-        spec.split_whitespace()
-            .map(|e| (e.chars().next().unwrap(), e[1..].to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn tally_counts_each_kind_of_loss() {
-        let expected = events("q1 a1 q2 a2 q3 a3");
-        assert_eq!(tally(&expected, &expected), Counts::default());
-        let counts = tally(&expected, &events("q1 a1 q2 q2 q3 a3"));
-        assert_eq!((counts.missing, counts.duplicated), (1, 1));
-        let counts = tally(&expected, &events("q1 q2 a1 a2 q3 a3 q9"));
-        assert_eq!(
-            (counts.reordered, counts.foreign, counts.missing),
-            (1, 1, 0)
-        );
-    }
-}
-
 /// Waits (up to 10 s a room) until every member has the answer to its room's last
 /// question: the last event each should get. What is absent then counts as missing.
 async fn settle(rooms: &[Room]) {
@@ -696,5 +672,29 @@ async fn settle(rooms: &[Room]) {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(spec: &str) -> Vec<(char, String)> {
+        spec.split_whitespace()
+            .map(|e| (e.chars().next().unwrap(), e[1..].to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn tally_counts_each_kind_of_loss() {
+        let expected = events("q1 a1 q2 a2 q3 a3");
+        assert_eq!(tally(&expected, &expected), Counts::default());
+        let counts = tally(&expected, &events("q1 a1 q2 q2 q3 a3"));
+        assert_eq!((counts.missing, counts.duplicated), (1, 1));
+        let counts = tally(&expected, &events("q1 q2 a1 a2 q3 a3 q9"));
+        assert_eq!(
+            (counts.reordered, counts.foreign, counts.missing),
+            (1, 1, 0)
+        );
     }
 }
