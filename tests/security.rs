@@ -407,7 +407,37 @@ async fn lone_surrogates_and_control_characters_are_clear_errors(backend: Backen
     assert_eq!(state["messages"].as_array().unwrap().len(), 0);
 }
 
+async fn oversized_frames_are_refused_and_change_nothing(backend: Backend) {
+    let app = app(backend).await;
+    let created = app.create_session(None).await;
+    let mut socket = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+    socket.sync(None).await;
+    // Over the 32 KB frame limit: a clear error, and the socket stays open.
+    let padded = json!({"type": "send_message", "content": "x".repeat(40 * 1024)});
+    socket.send_json(padded).await;
+    let refused = socket.expect("error").await;
+    assert_eq!(refused["code"], "invalid_message");
+    assert!(
+        refused["message"].as_str().unwrap().contains("limit"),
+        "{refused}"
+    );
+    socket.until_pong().await;
+    // Over API Gateway's 128 KB message limit: the gateway closes the socket with 1009,
+    // as API Gateway does.
+    let huge = json!({"type": "send_message", "content": "x".repeat(200 * 1024)});
+    socket.send_json(huge).await;
+    assert_eq!(socket.expect_closed().await, 1009);
+    let mut again = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+    let state = again.sync(None).await;
+    assert_eq!(
+        state["messages"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
+}
+
 seance_tests::on_both_backends!(postgres, sqlite:
+    oversized_frames_are_refused_and_change_nothing,
     forged_and_misused_tokens_open_nothing,
     awkward_text_round_trips_in_every_field,
     four_byte_characters_count_as_one_at_the_limits,

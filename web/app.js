@@ -28,6 +28,7 @@ const SOCKET_ERRORS = {
   rate_limited: 'You are going too fast for the spirit.',
   spirit_busy: 'The spirit already has three questions waiting. Ask again once it has answered one.',
   session_ended: 'This séance has ended.',
+  unavailable: 'The séance cannot reach its storage for a moment. Nothing was lost; try again shortly.',
   internal: 'Something went wrong on the server. Please try again.',
 };
 
@@ -506,7 +507,7 @@ function onFrame(frame) {
     case 'error': {
       let text = SOCKET_ERRORS[frame.code] || frame.message;
       if (frame.code === 'invalid_message') text = `${text}: ${frame.message}`;
-      if (frame.code === 'rate_limited' && frame.retry_after_ms) text = `${text} Try again in ${Math.ceil(frame.retry_after_ms / 1000)} s.`;
+      if ((frame.code === 'rate_limited' || frame.code === 'unavailable') && frame.retry_after_ms) text = `${text} Try again in ${Math.ceil(frame.retry_after_ms / 1000)} s.`;
       alertUser(text);
       // A refused question is not stored: give its text back to edit or resend.
       const box = input('ask-input');

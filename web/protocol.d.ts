@@ -124,7 +124,7 @@ audio_base64: string,
  */
 pan_track: Array<PanPoint>, } | { "type": "session_ended", } | { "type": "error", code: ErrorCode, message: string, request_type?: string, retry_after_ms?: number, } | { "type": "pong", };
 
-export type ErrorCode = "invalid_json" | "unknown_type" | "invalid_message" | "rate_limited" | "spirit_busy" | "session_ended" | "internal";
+export type ErrorCode = "invalid_json" | "unknown_type" | "invalid_message" | "rate_limited" | "spirit_busy" | "session_ended" | "unavailable" | "internal";
 
 export type SpiritState = "idle" | "thinking" | "speaking";
 

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     RateLimited,
     SpiritBusy,
     SessionEnded,
+    /// The séance's database or connection store cannot be reached for a moment; nothing
+    /// was done; try again (`retry_after_ms` says when).
+    Unavailable,
     Internal,
 }
 

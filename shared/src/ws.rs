@@ -244,8 +244,23 @@ pub async fn handle_message(
             return response(200, None);
         }
         Err(err) => {
+            // Which session this socket is in lives in the store that is down: say so to
+            // the socket itself, with the nil session id, rather than leave it unanswered.
             tracing::warn!(%err, "message: connection store unavailable");
-            return response(503, None);
+            let text = match (&event.body, event.is_base64_encoded) {
+                (Some(body), false) => body.as_str(),
+                _ => "",
+            };
+            let refusal = unavailable(frame_type(text).as_deref().unwrap_or("unknown"));
+            let _ = app
+                .pusher
+                .send(
+                    &endpoint,
+                    &connection_id,
+                    &crate::protocol::encode(Uuid::nil(), &refusal.event()),
+                )
+                .await;
+            return response(200, None);
         }
     };
     let text = match (&event.body, event.is_base64_encoded) {
@@ -287,6 +302,18 @@ fn internal(request_type: &str) -> FrameError {
     )
 }
 
+/// The database or a store is unreachable: nothing was done; worth trying again soon.
+fn unavailable(request_type: &str) -> FrameError {
+    FrameError {
+        retry_after_ms: Some(1000),
+        ..FrameError::new(
+            ErrorCode::Unavailable,
+            "the séance cannot reach its storage just now; nothing was done; try again in a moment",
+            Some(request_type),
+        )
+    }
+}
+
 fn store_error(err: StoreError, request_type: &str) -> FrameError {
     match err {
         StoreError::SessionEnded => FrameError::new(
@@ -299,6 +326,10 @@ fn store_error(err: StoreError, request_type: &str) -> FrameError {
             "after is not a message of this session",
             Some(request_type),
         ),
+        StoreError::Unavailable(err) => {
+            tracing::warn!(%err, "database unavailable while answering a frame");
+            unavailable(request_type)
+        }
         other => {
             tracing::warn!(err = %other, "store error while answering a frame");
             internal(request_type)
@@ -424,7 +455,7 @@ async fn accept_question(
     if let Err(err) = app.questions.send(&ticket).await {
         // Dropping `accepting` rolls the question back: nothing stored, nothing shown.
         tracing::error!(%err, "send_message: the spirit's queue is unavailable");
-        return Err(internal(kind));
+        return Err(unavailable(kind));
     }
     app.broadcaster()
         .broadcast(
@@ -455,7 +486,7 @@ async fn check_rate(
         Ok(Decision::RetryAfter(wait)) => Err(rate_limited(wait, why, Some(kind))),
         Err(err) => {
             tracing::warn!(%err, "rate limiter unavailable");
-            Err(internal(kind))
+            Err(unavailable(kind))
         }
     }
 }
