@@ -99,6 +99,32 @@ pub fn ws_message(data: &[u8]) {
     assert_eq!(response.status_code, 200, "for {body:?}");
 }
 
+/// WebSocket events of any shape (any route, connection id, query, headers, body, as
+/// API Gateway's JSON): each handler answers with a status and never panics out.
+pub fn ws_event(data: &[u8]) {
+    let Ok(event) = serde_json::from_slice::<ApiGatewayWebsocketProxyRequest>(data) else {
+        return;
+    };
+    let world = world();
+    let route = event.request_context.route_key.clone().unwrap_or_default();
+    let response = world.runtime.block_on(async {
+        match route.as_str() {
+            "$connect" => seance::ws::handle_connect(&world.app, event).await,
+            "$disconnect" => seance::ws::handle_disconnect(&world.app, event).await,
+            _ => seance::ws::handle_message(&world.app, event).await,
+        }
+    });
+    let allowed: &[i64] = match route.as_str() {
+        "$connect" => &[200, 400, 401, 403, 503],
+        _ => &[200],
+    };
+    assert!(
+        allowed.contains(&response.status_code),
+        "{route} answered {}",
+        response.status_code
+    );
+}
+
 // ----------------------------------------------------------------------------------------
 // One app (SQLite in memory, in-process stores) with a session and a connected host.
 

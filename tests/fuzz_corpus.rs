@@ -51,3 +51,19 @@ fn rest_bodies() {
 fn websocket_messages() {
     replay("ws_message", checks::ws_message);
 }
+
+#[test]
+fn websocket_events() {
+    // The seeds are real events (a check that skips unparsable input must not skip them).
+    let parsed = corpus("ws_event")
+        .iter()
+        .filter(|(_, data)| {
+            serde_json::from_slice::<aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest>(
+                data,
+            )
+            .is_ok()
+        })
+        .count();
+    assert!(parsed >= 7, "only {parsed} seeds are events");
+    replay("ws_event", checks::ws_event);
+}

@@ -280,7 +280,39 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
     spawn_app_with_options(config, local_dev::Options::default()).await
 }
 
+/// With `SEANCE_TEST_LOG_DIR` set (`tests/run` sets it), every test process that starts a
+/// harness logs to a file of its own there (DEBUG), so that `tests/run` can search the
+/// whole suite's logs for secrets and tokens afterwards. A process that installed its own
+/// subscriber first keeps it.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = std::env::var_os("SEANCE_TEST_LOG_DIR") else {
+            return;
+        };
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "test".into());
+        let path = std::path::Path::new(&dir).join(format!("{binary}-{}.log", std::process::id()));
+        let Ok(file) = std::fs::File::create(&path) else {
+            return;
+        };
+        let filter = tracing_subscriber::EnvFilter::new(
+            "debug,sqlx=info,hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,\
+             aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_config=info,aws_sdk_sqs=info,\
+             aws_sdk_apigatewaymanagement=info,tungstenite=info,tokio_tungstenite=info,tower=info",
+        );
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 pub async fn spawn_app_with_options(config: Config, options: local_dev::Options) -> TestApp {
+    capture_logs();
     let harness = local_dev::spawn_with(config, options, std::future::pending())
         .await
         .expect("harness starts");
