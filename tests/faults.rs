@@ -56,6 +56,36 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A séance with its host and a guest connected and synced.
+struct Seated {
+    session_id: String,
+    /// The host's token.
+    token: String,
+    /// The guest's join answer.
+    joined: Value,
+    host: WsClient,
+    guest: WsClient,
+}
+
+async fn seated(app: &TestApp) -> Seated {
+    let created = app.create_session(None).await;
+    let session_id = created["session"]["id"].as_str().unwrap().to_owned();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let joined = app.join_ticket(&session_id, "Bea").await;
+    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+    host.sync(None).await;
+    let mut guest = WsClient::connect(&app.ws_url(&joined)).await.unwrap();
+    guest.sync(None).await;
+    host.expect("user_joined").await;
+    Seated {
+        session_id,
+        token,
+        joined,
+        host,
+        guest,
+    }
+}
+
 /// A question's round: asks, and returns the events up to its answer.
 async fn ask(client: &mut WsClient, listener: &mut WsClient, content: &str) -> String {
     client
@@ -187,15 +217,13 @@ async fn a_redis_restart_mid_seance_loses_and_repeats_nothing() {
         Some(&format!("redis://127.0.0.1:{port}")),
     ))
     .await;
-    let created = app.create_session(None).await;
-    let session_id = created["session"]["id"].as_str().unwrap().to_owned();
-    let token = created["token"].as_str().unwrap().to_owned();
-    let joined = app.join_ticket(&session_id, "Bea").await;
-    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
-    host.sync(None).await;
-    let mut guest = WsClient::connect(&app.ws_url(&joined)).await.unwrap();
-    guest.sync(None).await;
-    host.expect("user_joined").await;
+    let Seated {
+        session_id,
+        token,
+        joined,
+        mut host,
+        mut guest,
+    } = seated(&app).await;
     ask(&mut guest, &mut host, "Before the storm?").await;
 
     redis.stop().await;
@@ -358,15 +386,13 @@ async fn postgres_stopped_and_started_refuses_clearly_and_recovers() {
         Some(&seance_tests::redis_url()),
     ))
     .await;
-    let created = app.create_session(None).await;
-    let session_id = created["session"]["id"].as_str().unwrap().to_owned();
-    let token = created["token"].as_str().unwrap().to_owned();
-    let joined = app.join_ticket(&session_id, "Bea").await;
-    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
-    host.sync(None).await;
-    let mut guest = WsClient::connect(&app.ws_url(&joined)).await.unwrap();
-    guest.sync(None).await;
-    host.expect("user_joined").await;
+    let Seated {
+        session_id,
+        token,
+        mut host,
+        mut guest,
+        ..
+    } = seated(&app).await;
     assert_eq!(health(&app).await, 200);
     ask(&mut guest, &mut host, "Is the cellar dry?").await;
 

@@ -40,7 +40,10 @@ fn generate() -> String {
     out.push_str("\n// WebSocket: what a client sends.\n");
     declaration::<ClientFrame>(&cfg, &mut out);
     out.push_str("\n// WebSocket: what the server sends.\n");
-    declaration::<Envelope<'static>>(&cfg, &mut out);
+    // The envelope names the event union rather than spelling it out a second time.
+    let mut frame = String::new();
+    declaration::<Envelope<'static>>(&cfg, &mut frame);
+    out.push_str(&frame.replace(&ServerEvent::inline(&cfg), "ServerEvent"));
     declaration::<ServerEvent>(&cfg, &mut out);
     declaration::<ErrorCode>(&cfg, &mut out);
     declaration::<SpiritState>(&cfg, &mut out);

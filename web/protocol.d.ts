@@ -21,55 +21,7 @@ after?: string, } | { "type": "send_message", content: string, } | { "type": "ty
 /**
  * Every frame the server sends: an event with its session and time.
  */
-export type ServerFrame = { session_id: string, timestamp: string, } & ({ "type": "session_state", session: Session, participants: Array<Participant>, messages: Array<Message>, 
-/**
- * With `sync.after`: whether more messages follow the ones sent.
- */
-has_more: boolean, spirit: SpiritState, board: Board, } | { "type": "user_joined", participant: Participant, } | { "type": "user_left", participant: Participant, } | { "type": "user_typing", participant: Participant, } | { "type": "message_received", message: Message, } | { "type": "spirit_thinking", question_id: string, } | { "type": "spirit_token", question_id: string, seq: number, 
-/**
- * The next piece of the answer (whole words; pieces after the first start with a space).
- */
-text: string, 
-/**
- * The planchette's path for this piece; `at_ms` counts from the start of the answer.
- */
-planchette: Array<PathPoint>, } | { "type": "spirit_response", 
-/**
- * Kind `spirit`, `in_reply_to` the question.
- */
-message: Message, 
-/**
- * The whole path.
- */
-planchette: Array<PathPoint>, 
-/**
- * True when the model failed and this is a stock in-character line.
- */
-fallback: boolean, } | { "type": "spirit_audio", 
-/**
- * The id the answer's `spirit_response` message will have.
- */
-message_id: string, question_id: string, 
-/**
- * 0, 1, 2…; reassemble by `message_id` and `seq`.
- */
-seq: number, 
-/**
- * True on the last piece of this answer's audio.
- */
-last: boolean, 
-/**
- * The encoding, e.g. `mp3_44100_128` or `wav_11025_16`.
- */
-format: string, 
-/**
- * This piece's bytes, base64; concatenated in `seq` order they are the whole file.
- */
-audio_base64: string, 
-/**
- * Where this listener hears the voice during this piece's stretch of the answer.
- */
-pan_track: Array<PanPoint>, } | { "type": "session_ended", } | { "type": "error", code: ErrorCode, message: string, request_type?: string, retry_after_ms?: number, } | { "type": "pong", });
+export type ServerFrame = { session_id: string, timestamp: string, } & (ServerEvent);
 
 /**
  * An event pushed to clients; [`Envelope`] adds `session_id` and `timestamp`.
