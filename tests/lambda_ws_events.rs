@@ -164,6 +164,7 @@ async fn the_shipped_sqs_event_runs_through_the_spirit() {
         seance_tests::test_config(&seance_tests::fresh_postgres_url().await, None),
         local_dev::Options {
             event_source: false,
+            push: local_dev::PushPath::Sdk,
         },
     )
     .await;

@@ -35,7 +35,11 @@ async fn queue_config(queue_url: &str) -> Config {
 async fn queue_app(queue_url: &str, event_source: bool) -> TestApp {
     spawn_app_with_options(
         queue_config(queue_url).await,
-        local_dev::Options { event_source },
+        // The Lambda path: pushes through the Management API client.
+        local_dev::Options {
+            event_source,
+            push: local_dev::PushPath::Sdk,
+        },
     )
     .await
 }
@@ -84,6 +88,7 @@ async fn without_event_source(config: Config) -> TestApp {
         config,
         local_dev::Options {
             event_source: false,
+            push: local_dev::PushPath::Sdk,
         },
     )
     .await

@@ -21,6 +21,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use seance::App;
+use seance::push::{PUSH_TIMEOUT, PushError, Pusher, SlowConnections};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -247,6 +248,73 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .layer(DefaultBodyLimit::max(4 * MAX_MESSAGE_BYTES))
         .with_state(gateway)
+}
+
+// ---------------------------------------------------------------------------------------
+// The harness's own pushes, without HTTP.
+
+/// Hands the harness's own pushes to its sockets in process, with exactly what its
+/// `@connections` endpoint answers: 410 (`Gone`) for a connection that is unknown or whose
+/// `$connect` has not returned (it is not among the open sockets until then), 413 over
+/// 128 KB, a close for `DeleteConnection`, a stalled connection that never answers (given
+/// up after [`PUSH_TIMEOUT`] and skipped for a while, as the SDK pusher does). The SDK
+/// path (signing, HTTP to `@connections` and routing again) stays selectable with
+/// `HARNESS_PUSH=sdk`, and the endpoint stays for other clients.
+#[derive(Debug, Default)]
+pub struct DirectPusher {
+    gateway: std::sync::OnceLock<std::sync::Weak<Gateway>>,
+    slow: SlowConnections,
+}
+
+impl DirectPusher {
+    /// Connects the pusher to its gateway (made after the app that holds the pusher).
+    pub fn attach(&self, gateway: &Arc<Gateway>) {
+        let _ = self.gateway.set(Arc::downgrade(gateway));
+    }
+
+    fn gateway(&self) -> Result<Arc<Gateway>, PushError> {
+        self.gateway
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| PushError::Other("the harness has stopped".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Pusher for DirectPusher {
+    async fn send(
+        &self,
+        _endpoint: &str,
+        connection_id: &str,
+        data: &str,
+    ) -> Result<(), PushError> {
+        if self.slow.recently_slow(connection_id) {
+            return Err(PushError::Skipped);
+        }
+        let gateway = self.gateway()?;
+        if data.len() > MAX_MESSAGE_BYTES {
+            return Err(PushError::PayloadTooLarge);
+        }
+        if gateway.is_stalled(connection_id) {
+            tokio::time::sleep(PUSH_TIMEOUT).await;
+            self.slow.mark(connection_id);
+            return Err(PushError::Timeout);
+        }
+        let sockets = gateway.sockets();
+        let socket = sockets.get(connection_id).ok_or(PushError::Gone)?;
+        socket
+            .outbound
+            .send(Outbound::Text(data.to_owned()))
+            .map_err(|_| PushError::Gone)
+    }
+
+    async fn close(&self, _endpoint: &str, connection_id: &str) -> Result<(), PushError> {
+        let gateway = self.gateway()?;
+        let sockets = gateway.sockets();
+        let socket = sockets.get(connection_id).ok_or(PushError::Gone)?;
+        let _ = socket.outbound.send(Outbound::Close);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------

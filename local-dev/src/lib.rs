@@ -83,11 +83,37 @@ pub struct Options {
     /// Feed the spirit's queue to the spirit, as Lambda's event source mapping does. Off
     /// only for tests that play the mapping themselves.
     pub event_source: bool,
+    /// How the harness pushes to its own sockets.
+    pub push: PushPath,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { event_source: true }
+        Self {
+            event_source: true,
+            push: PushPath::Direct,
+        }
+    }
+}
+
+/// How the harness's pushes reach its own sockets (`HARNESS_PUSH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushPath {
+    /// In process, with `@connections`' answers ([`gateway::DirectPusher`]); the default.
+    Direct,
+    /// Through the real Management API client, signed, over HTTP to this process's
+    /// `@connections` endpoint, as a Lambda pushes.
+    Sdk,
+}
+
+impl PushPath {
+    /// `HARNESS_PUSH`: `direct` (the default) or `sdk`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("HARNESS_PUSH").ok().as_deref() {
+            None | Some("" | "direct") => Ok(Self::Direct),
+            Some("sdk") => Ok(Self::Sdk),
+            Some(other) => Err(format!("HARNESS_PUSH is `{other}`; use direct or sdk")),
+        }
     }
 }
 
@@ -123,8 +149,10 @@ pub async fn spawn_with(
         .clone()
         .unwrap_or_else(|| format!("ws://{addr}/ws"));
     let mut config = config;
-    // Pushes go through the real Management API client, to this process's @connections.
-    if config.apigw_management_endpoint.is_none() {
+    // Pushes go to this process's own sockets: in process, or through the real Management
+    // API client to its @connections. An endpoint configured elsewhere keeps the client.
+    let pushes_to_itself = config.apigw_management_endpoint.is_none();
+    if pushes_to_itself {
         config.apigw_management_endpoint = Some(format!("http://{addr}/{}", gateway::STAGE));
     }
     if config.jwt_secret == JwtSecret::Ephemeral {
@@ -133,6 +161,11 @@ pub async fn spawn_with(
         );
     }
     let (mut app, database) = App::build(config, &websocket_url)?;
+    let direct = (pushes_to_itself && options.push == PushPath::Direct)
+        .then(|| Arc::new(gateway::DirectPusher::default()));
+    if let Some(direct) = &direct {
+        app.pusher = direct.clone();
+    }
     let applied = database.migrate_up().await?;
     if !applied.is_empty() {
         tracing::info!(?applied, "applied pending migrations");
@@ -165,6 +198,13 @@ pub async fn spawn_with(
         }
     };
     let gateway = gateway::Gateway::new(app.clone(), addr);
+    if let Some(direct) = &direct {
+        direct.attach(&gateway);
+    }
+    tracing::info!(
+        push = if direct.is_some() { "direct" } else { "sdk" },
+        "the harness pushes to its sockets"
+    );
     let router = seance::rest::router(app.clone())
         .merge(gateway::router(gateway.clone()))
         .merge(web::router());

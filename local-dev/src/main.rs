@@ -89,7 +89,11 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
         tracing::info!("shutting down");
     };
-    let harness = local_dev::spawn_with_shutdown(config, ctrl_c).await?;
+    let options = local_dev::Options {
+        push: local_dev::PushPath::from_env()?,
+        ..local_dev::Options::default()
+    };
+    let harness = local_dev::spawn_with(config, options, ctrl_c).await?;
     // One line with the bound address, for people and for scripts that started on port 0.
     println!("listening on {}", harness.base_url());
     println!("websocket_url {}", harness.app.websocket_url);

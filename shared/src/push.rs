@@ -86,8 +86,32 @@ pub struct ManagementApi {
     region: Region,
     credentials: SharedCredentialsProvider,
     clients: Mutex<HashMap<String, aws_sdk_apigatewaymanagement::Client>>,
-    /// Connections whose last push timed out, and when.
-    slow: Mutex<HashMap<String, std::time::Instant>>,
+    slow: SlowConnections,
+}
+
+/// Connections whose last push timed out, and when: their pushes are skipped for
+/// [`SLOW_SKIP`]. Every [`Pusher`] keeps one, so a stuck connection costs the room one
+/// timeout whichever way pushes go.
+#[derive(Debug, Default)]
+pub struct SlowConnections(Mutex<HashMap<String, std::time::Instant>>);
+
+impl SlowConnections {
+    pub fn recently_slow(&self, connection_id: &str) -> bool {
+        let mut slow = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slow.retain(|_, at| at.elapsed() < SLOW_SKIP);
+        slow.contains_key(connection_id)
+    }
+
+    pub fn mark(&self, connection_id: &str) {
+        tracing::warn!(%connection_id, timeout = ?PUSH_TIMEOUT, "push timed out; skipping this connection for a while");
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(connection_id.to_owned(), std::time::Instant::now());
+    }
 }
 
 impl std::fmt::Debug for ManagementApi {
@@ -126,29 +150,12 @@ fn never_reached<E>(
 }
 
 impl ManagementApi {
-    fn recently_slow(&self, connection_id: &str) -> bool {
-        let mut slow = self
-            .slow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slow.retain(|_, at| at.elapsed() < SLOW_SKIP);
-        slow.contains_key(connection_id)
-    }
-
-    fn mark_slow(&self, connection_id: &str) {
-        tracing::warn!(%connection_id, timeout = ?PUSH_TIMEOUT, "push timed out; skipping this connection for a while");
-        self.slow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(connection_id.to_owned(), std::time::Instant::now());
-    }
-
     pub fn new(region: &str, credentials: AwsCredentials) -> Self {
         Self {
             region: Region::new(region.to_owned()),
             credentials: credentials.provider(),
             clients: Mutex::new(HashMap::new()),
-            slow: Mutex::new(HashMap::new()),
+            slow: SlowConnections::default(),
         }
     }
 
@@ -184,7 +191,7 @@ impl ManagementApi {
 #[async_trait]
 impl Pusher for ManagementApi {
     async fn send(&self, endpoint: &str, connection_id: &str, data: &str) -> Result<(), PushError> {
-        if self.recently_slow(connection_id) {
+        if self.slow.recently_slow(connection_id) {
             return Err(PushError::Skipped);
         }
         let client = self.client(endpoint);
@@ -199,7 +206,7 @@ impl Pusher for ManagementApi {
             let result = match tokio::time::timeout(PUSH_TIMEOUT, call).await {
                 Ok(result) => result,
                 Err(_) => {
-                    self.mark_slow(connection_id);
+                    self.slow.mark(connection_id);
                     return Err(PushError::Timeout);
                 }
             };
@@ -216,7 +223,7 @@ impl Pusher for ManagementApi {
                 _ => {}
             }
             if err.as_service_error().is_none() && detail.contains("operation timeout") {
-                self.mark_slow(connection_id);
+                self.slow.mark(connection_id);
                 return Err(PushError::Timeout);
             }
             if attempt < 2 && never_reached(&err, &detail) {

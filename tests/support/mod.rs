@@ -273,7 +273,22 @@ pub async fn spawn_app_configured(backend: Backend, adjust: impl FnOnce(&mut Con
         Backend::PostgresInProcess => test_config(&fresh_postgres_url().await, None),
     };
     adjust(&mut config);
-    spawn_app_with(config).await
+    // The WebSocket scenarios run over both push paths: on PostgreSQL the harness pushes
+    // through the real Management API client and its @connections endpoint, as a Lambda
+    // does; on SQLite in process.
+    let push = if backend.is_postgres() {
+        local_dev::PushPath::Sdk
+    } else {
+        local_dev::PushPath::Direct
+    };
+    spawn_app_with_options(
+        config,
+        local_dev::Options {
+            push,
+            ..local_dev::Options::default()
+        },
+    )
+    .await
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
