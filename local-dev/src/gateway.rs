@@ -411,7 +411,11 @@ async fn connect(
         // API Gateway refuses the upgrade with the integration's status; no socket opens.
         return lambda_response(response);
     }
+    // tungstenite zeroes a read buffer of this size for every read; axum's default of
+    // 128 KiB made that memset a tenth of the harness's CPU under load (perf). Frames are
+    // small; longer ones are read in several chunks.
     let mut ws = ws
+        .read_buffer_size(8 * 1024)
         .max_message_size(4 * MAX_MESSAGE_BYTES)
         .max_frame_size(4 * MAX_MESSAGE_BYTES);
     if let Some(protocol) = response.headers.get("sec-websocket-protocol") {

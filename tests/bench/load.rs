@@ -228,7 +228,10 @@ async fn open_member(
         ticket["token"].as_str().expect("token")
     );
     let request = url.into_client_request().expect("a WebSocket URL");
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    // A small read buffer: tungstenite zeroes it on every read (128 KiB by default).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024);
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let (mut sink, mut stream) = socket.split();
