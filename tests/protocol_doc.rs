@@ -181,8 +181,8 @@ fn nothing_in_the_repository_reaches_outside_it() {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             // Built so this file does not name it itself.
             let outside = format!("{}/shared", "..");
-            // `../shared` from a folder of the repository (fuzz/) is the repository's own
-            // `shared/`; from its root it is outside.
+            // From a folder of the repository that path is the repository's own `shared/`;
+            // from its root it is outside.
             let inside = path
                 .parent()
                 .map(|dir| dir.join(&outside))
