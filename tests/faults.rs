@@ -238,6 +238,11 @@ async fn a_redis_restart_mid_seance_loses_and_repeats_nothing() {
     assert_eq!(refused["session_id"], uuid::Uuid::nil().to_string());
     host.send_json(json!({"type": "sync"})).await;
     assert_eq!(host.expect("error").await["code"], "unavailable");
+    // A frame without a type gets no `request_type`, as the protocol says.
+    host.send_text("not json").await;
+    let untyped = host.expect("error").await;
+    assert_eq!(untyped["code"], "unavailable");
+    assert!(untyped.get("request_type").is_none(), "{untyped}");
     // A new socket cannot be registered meanwhile: its handshake is refused, not left open.
     let refused = WsClient::connect(&app.ws_url(&joined))
         .await

@@ -251,7 +251,7 @@ pub async fn handle_message(
                 (Some(body), false) => body.as_str(),
                 _ => "",
             };
-            let refusal = unavailable(frame_type(text).as_deref().unwrap_or("unknown"));
+            let refusal = unavailable(frame_type(text).as_deref());
             let _ = app
                 .pusher
                 .send(
@@ -303,13 +303,13 @@ fn internal(request_type: &str) -> FrameError {
 }
 
 /// The database or a store is unreachable: nothing was done; worth trying again soon.
-fn unavailable(request_type: &str) -> FrameError {
+fn unavailable(request_type: Option<&str>) -> FrameError {
     FrameError {
         retry_after_ms: Some(1000),
         ..FrameError::new(
             ErrorCode::Unavailable,
             "the séance cannot reach its storage just now; nothing was done; try again in a moment",
-            Some(request_type),
+            request_type,
         )
     }
 }
@@ -328,7 +328,7 @@ fn store_error(err: StoreError, request_type: &str) -> FrameError {
         ),
         StoreError::Unavailable(err) => {
             tracing::warn!(%err, "database unavailable while answering a frame");
-            unavailable(request_type)
+            unavailable(Some(request_type))
         }
         other => {
             tracing::warn!(err = %other, "store error while answering a frame");
@@ -455,7 +455,7 @@ async fn accept_question(
     if let Err(err) = app.questions.send(&ticket).await {
         // Dropping `accepting` rolls the question back: nothing stored, nothing shown.
         tracing::error!(%err, "send_message: the spirit's queue is unavailable");
-        return Err(unavailable(kind));
+        return Err(unavailable(Some(kind)));
     }
     app.broadcaster()
         .broadcast(
@@ -486,7 +486,7 @@ async fn check_rate(
         Ok(Decision::RetryAfter(wait)) => Err(rate_limited(wait, why, Some(kind))),
         Err(err) => {
             tracing::warn!(%err, "rate limiter unavailable");
-            Err(unavailable(kind))
+            Err(unavailable(Some(kind)))
         }
     }
 }
