@@ -23,9 +23,12 @@ impl Lambda {
 
     async fn start_with(extra: &[(&str, &str)]) -> Self {
         let database_url = fresh_postgres_url().await;
+        // Keys of its own: a rate limit left by an earlier run must not count here.
+        let prefix = format!("seance-test:{}:", uuid::Uuid::new_v4().simple());
         let mut vars: HashMap<String, String> = [
             ("DATABASE_URL", database_url.as_str()),
             ("REDIS_URL", redis_url().as_str()),
+            ("REDIS_KEY_PREFIX", prefix.as_str()),
             ("JWT_SECRET", TEST_JWT_SECRET),
             ("PUBLIC_WS_URL", "wss://ws.example.test/prod"),
             (

@@ -1,13 +1,21 @@
 //! The harness's two ways of pushing to its own sockets answer alike: the in-process
 //! `DirectPusher` (the default) and the real Management API client through the
 //! `@connections` endpoint (`HARNESS_PUSH=sdk`), for a live connection, an unknown one, a
-//! payload over 128 KB and a close.
+//! payload over 128 KB, a close, and API Gateway's refusals (403, 429); and a fan-out
+//! counts, keeps and forgets connections by what `@connections` answered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use seance::push::{AwsCredentials, ManagementApi, PushError, Pusher};
+use local_dev::gateway::Refusal;
+use seance::connections::Connection;
+use seance::domain::{Participant, Role};
+use seance::protocol::ServerEvent;
+use seance::push::{
+    Audience, AwsCredentials, Broadcaster, FanoutReport, ManagementApi, PushError, Pusher,
+};
 use seance_tests::ws::WsClient;
-use seance_tests::{Backend, spawn_app};
+use seance_tests::{Backend, TestApp, on_both_backends, spawn_app};
 use serde_json::json;
+use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_and_sdk_pushes_answer_alike() {
@@ -62,3 +70,208 @@ async fn direct_and_sdk_pushes_answer_alike() {
         assert!(matches!(closed, Err(PushError::Gone)), "{name}: {closed:?}");
     }
 }
+
+fn endpoint(app: &TestApp) -> String {
+    app.harness
+        .app
+        .config
+        .apigw_management_endpoint
+        .clone()
+        .unwrap()
+}
+
+/// A 403 is reported as a failure (not as gone, not as too large) and the connection
+/// still gets the next push; a 429 is tried once more and delivered once; two 429s in a
+/// row are reported; a refused close is reported and leaves the socket open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_reported_and_a_throttled_push_is_tried_once_more() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let endpoint = endpoint(&app);
+    let gateway = app.harness.gateway.clone();
+    let direct = app.harness.app.pusher.clone();
+    let sdk = ManagementApi::new("us-east-1", AwsCredentials::Static);
+    let pushers: [(&str, &dyn Pusher); 2] = [("direct", direct.as_ref()), ("sdk", &sdk)];
+
+    let created = app.create_session(None).await;
+    let session_id = created["session"]["id"].as_str().unwrap().parse().unwrap();
+    for (name, pusher) in pushers {
+        let mut client = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+        client.sync(None).await;
+        let id = app
+            .harness
+            .app
+            .connections
+            .in_session(session_id)
+            .await
+            .unwrap()[0]
+            .connection_id
+            .clone();
+        let pong = |n: u32| {
+            json!({"type": "pong", "session_id": "x", "timestamp": "t", "n": n}).to_string()
+        };
+
+        gateway.refuse(&id, Refusal::Forbidden, 1);
+        let forbidden = pusher.send(&endpoint, &id, &pong(1)).await;
+        assert!(
+            matches!(forbidden, Err(PushError::Other(_))),
+            "{name}: {forbidden:?}"
+        );
+        pusher.send(&endpoint, &id, &pong(2)).await.unwrap();
+        assert_eq!(
+            client.expect("pong").await["n"],
+            2,
+            "{name}: the refused push arrived"
+        );
+
+        gateway.refuse(&id, Refusal::Throttled, 1);
+        pusher.send(&endpoint, &id, &pong(3)).await.unwrap();
+        gateway.refuse(&id, Refusal::Throttled, 2);
+        let throttled = pusher.send(&endpoint, &id, &pong(4)).await;
+        assert!(
+            matches!(throttled, Err(PushError::Other(_))),
+            "{name}: {throttled:?}"
+        );
+        pusher.send(&endpoint, &id, &pong(5)).await.unwrap();
+        assert_eq!(client.expect("pong").await["n"], 3, "{name}");
+        assert_eq!(
+            client.expect("pong").await["n"],
+            5,
+            "{name}: once each, in order"
+        );
+
+        gateway.refuse(&id, Refusal::Forbidden, 1);
+        let refused_close = pusher.close(&endpoint, &id).await;
+        assert!(
+            matches!(refused_close, Err(PushError::Other(_))),
+            "{name}: {refused_close:?}"
+        );
+        pusher.send(&endpoint, &id, &pong(6)).await.unwrap();
+        assert_eq!(client.expect("pong").await["n"], 6, "{name}: still open");
+        pusher.close(&endpoint, &id).await.unwrap();
+        assert_eq!(client.expect_closed().await, 1000, "{name}");
+        app.harness.gateway.settled().await;
+    }
+}
+
+/// One broadcast to a séance holding: a guest who receives it, a host whose push API
+/// Gateway refuses (403), a connection gone for good (410, connected a minute ago) and one
+/// whose `$connect` may still be running (410, connected just now). The report counts
+/// each; only the gone one is forgotten, and its participant's `user_left` goes out to
+/// everyone (the host's refusal has passed by then).
+async fn a_fan_out_counts_keeps_and_forgets_by_the_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let connections = app.harness.app.connections.clone();
+    let created = app.create_session(None).await;
+    let session: &str = created["session"]["id"].as_str().unwrap();
+    let session_id: Uuid = session.parse().unwrap();
+    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+    host.sync(None).await;
+    let guest_ticket = app.join_ticket(session, "Guest").await;
+    let mut guest = WsClient::connect(&app.ws_url(&guest_ticket)).await.unwrap();
+    guest.sync(None).await;
+    host.expect("user_joined").await;
+    let host_id: Uuid = created["participant"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host_connection = connections
+        .in_session(session_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.participant.id == host_id)
+        .unwrap()
+        .connection_id;
+
+    let someone = |name: &str, seat| Participant {
+        id: Uuid::new_v4(),
+        display_name: name.into(),
+        role: Role::Participant,
+        seat,
+    };
+    let gone = Connection {
+        connection_id: local_dev::gateway::new_connection_id(),
+        session_id,
+        participant: someone("Gone", 2),
+        connected_at: chrono::Utc::now() - chrono::Duration::seconds(60),
+    };
+    let opening = Connection {
+        connection_id: local_dev::gateway::new_connection_id(),
+        session_id,
+        participant: someone("Opening", 3),
+        connected_at: chrono::Utc::now(),
+    };
+    connections.add(&gone).await.unwrap();
+    connections.add(&opening).await.unwrap();
+    app.harness
+        .gateway
+        .refuse(&host_connection, Refusal::Forbidden, 1);
+
+    let broadcaster = Broadcaster {
+        connections: connections.clone(),
+        pusher: app.harness.app.pusher.clone(),
+    };
+    let report = broadcaster
+        .broadcast(
+            &endpoint(&app),
+            session_id,
+            &ServerEvent::Pong {},
+            Audience::Everyone,
+        )
+        .await;
+    // The pong: guest delivered, host refused, one gone, one opening. Then `user_left` for
+    // the gone one's participant: host and guest delivered, the opening one 410 again.
+    assert_eq!(
+        report,
+        FanoutReport {
+            delivered: 3,
+            failed: 1,
+            gone: 1,
+            opening: 2
+        },
+        "{backend:?}"
+    );
+    let mut left: Vec<String> = connections
+        .in_session(session_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.connection_id)
+        .collect();
+    left.sort();
+    let mut expected = vec![host_connection, opening.connection_id.clone()];
+    expected.extend(
+        connections
+            .in_session(session_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.participant.display_name == "Guest")
+            .map(|c| c.connection_id),
+    );
+    expected.sort();
+    assert_eq!(left, expected, "only the gone connection is forgotten");
+    assert!(
+        connections
+            .get(&gone.connection_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    guest.expect("pong").await;
+    let guest_saw = guest.expect("user_left").await;
+    assert_eq!(guest_saw["participant"]["display_name"], "Gone");
+    // Everything the host got before the pong of its own ping: the refused pong would come
+    // first and end the list early.
+    let host_saw = host.until_pong().await;
+    let kinds: Vec<&str> = host_saw
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["user_left"], "{host_saw:?}");
+    assert_eq!(host_saw[0]["participant"]["display_name"], "Gone");
+}
+
+on_both_backends!(postgres_sdk_push, sqlite_direct_push: a_fan_out_counts_keeps_and_forgets_by_the_answer);

@@ -61,6 +61,33 @@ fn production_handler() -> MessageHandler {
     Arc::new(|app, event| Box::pin(async move { seance::ws::handle_message(&app, event).await }))
 }
 
+/// API Gateway's refusals of an `@connections` call other than 410 and 413.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403 `ForbiddenException`: the caller may not manage this API's connections.
+    Forbidden,
+    /// 429 `LimitExceededException`: throttled.
+    Throttled,
+}
+
+impl Refusal {
+    fn response(self) -> Response {
+        let (status, error_type, message) = match self {
+            Self::Forbidden => (StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden"),
+            Self::Throttled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "LimitExceededException",
+                "Rate exceeded",
+            ),
+        };
+        let mut response = (status, axum::Json(json!({ "message": message }))).into_response();
+        response
+            .headers_mut()
+            .insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+        response
+    }
+}
+
 /// The emulator's state: the app whose handlers it calls, and the open sockets.
 pub struct Gateway {
     app: App,
@@ -69,6 +96,8 @@ pub struct Gateway {
     ran: tokio::sync::Notify,
     /// Connections whose `@connections` calls never answer (a test's stuck client).
     stalled: Mutex<std::collections::HashSet<String>>,
+    /// Connections whose next calls API Gateway refuses, and how many more times.
+    refusals: Mutex<HashMap<String, (Refusal, usize)>>,
     message_handler: std::sync::RwLock<MessageHandler>,
     integration_timeout: Duration,
     domain_name: String,
@@ -83,6 +112,7 @@ impl Gateway {
     pub fn new(app: App, addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
             stalled: Mutex::new(std::collections::HashSet::new()),
+            refusals: Mutex::new(HashMap::new()),
             running: std::sync::atomic::AtomicUsize::new(0),
             ran: tokio::sync::Notify::new(),
             message_handler: std::sync::RwLock::new(production_handler()),
@@ -131,6 +161,30 @@ impl Gateway {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(connection_id.to_owned());
+    }
+
+    /// The next `times` `@connections` calls for this connection (either way of pushing)
+    /// are refused as API Gateway refuses them, for tests of what the pushers make of it.
+    pub fn refuse(&self, connection_id: &str, refusal: Refusal, times: usize) {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(connection_id.to_owned(), (refusal, times));
+    }
+
+    /// Takes one refusal for this connection, if any is left.
+    fn take_refusal(&self, connection_id: &str) -> Option<Refusal> {
+        let mut refusals = self
+            .refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (refusal, left) = refusals.get_mut(connection_id)?;
+        let refusal = *refusal;
+        *left -= 1;
+        if *left == 0 {
+            refusals.remove(connection_id);
+        }
+        Some(refusal)
     }
 
     fn is_stalled(&self, connection_id: &str) -> bool {
@@ -295,6 +349,17 @@ impl Pusher for DirectPusher {
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(PushError::PayloadTooLarge);
         }
+        // As the SDK pusher does: a throttled push never reached the connection, so it is
+        // tried once more; anything else refused is reported.
+        let mut attempts = 0;
+        while let Some(refusal) = gateway.take_refusal(connection_id) {
+            attempts += 1;
+            if refusal != Refusal::Throttled || attempts == 2 {
+                return Err(PushError::Other(format!(
+                    "@connections refused: {refusal:?}"
+                )));
+            }
+        }
         if gateway.is_stalled(connection_id) {
             tokio::time::sleep(PUSH_TIMEOUT).await;
             self.slow.mark(connection_id);
@@ -310,6 +375,11 @@ impl Pusher for DirectPusher {
 
     async fn close(&self, _endpoint: &str, connection_id: &str) -> Result<(), PushError> {
         let gateway = self.gateway()?;
+        if let Some(refusal) = gateway.take_refusal(connection_id) {
+            return Err(PushError::Other(format!(
+                "@connections refused: {refusal:?}"
+            )));
+        }
         let sockets = gateway.sockets();
         let socket = sockets.get(connection_id).ok_or(PushError::Gone)?;
         let _ = socket.outbound.send(Outbound::Close);
@@ -659,6 +729,9 @@ async fn post_to_connection(
         );
         return response;
     }
+    if let Some(refusal) = gateway.take_refusal(&connection_id) {
+        return refusal.response();
+    }
     if gateway.is_stalled(&connection_id) {
         std::future::pending::<()>().await;
     }
@@ -700,6 +773,9 @@ async fn delete_connection(
     State(gateway): State<Arc<Gateway>>,
     Path(connection_id): Path<String>,
 ) -> Response {
+    if let Some(refusal) = gateway.take_refusal(&connection_id) {
+        return refusal.response();
+    }
     let sockets = gateway.sockets();
     let Some(socket) = sockets.get(&connection_id) else {
         return gone();

@@ -91,15 +91,20 @@ pub fn redis_config(flavour: RedisFlavour) -> seance::config::RedisConfig {
     }
 }
 
-/// A database of its own for one test: `seance_test_<uuid>`, created empty. `.ci/run`
-/// drops leftovers from earlier runs.
+/// A database of its own for one test: `seance_test_<unix seconds>_<uuid>`, created empty.
+/// `tests/run` drops leftovers from earlier runs; `tests/mutants`, which runs the tests
+/// hundreds of times, drops those older than a few minutes that nothing is connected to.
 pub async fn fresh_postgres_url() -> String {
     use sqlx::Connection;
     let admin = postgres_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL must be reachable at TEST_DATABASE_URL (run the tests through .ci/run or scripts/test)");
-    let name = format!("seance_test_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect(
+        "PostgreSQL must be reachable at TEST_DATABASE_URL (run the tests through tests/run)",
+    );
+    let name = format!(
+        "seance_test_{}_{}",
+        chrono::Utc::now().timestamp(),
+        Uuid::new_v4().simple()
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
