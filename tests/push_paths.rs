@@ -275,3 +275,43 @@ async fn a_fan_out_counts_keeps_and_forgets_by_the_answer(backend: Backend) {
 }
 
 on_both_backends!(postgres_sdk_push, sqlite_direct_push: a_fan_out_counts_keeps_and_forgets_by_the_answer);
+
+/// A connection that does not answer costs one push timeout, then its pushes are skipped
+/// at once for a while (the room's next token must not wait on it again), whichever way
+/// the harness pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connection_times_out_once_then_is_skipped() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let endpoint = endpoint(&app);
+    let direct = app.harness.app.pusher.clone();
+    let sdk = ManagementApi::new("us-east-1", AwsCredentials::Static);
+    let pushers: [(&str, &dyn Pusher); 2] = [("direct", direct.as_ref()), ("sdk", &sdk)];
+    let created = app.create_session(None).await;
+    let session_id = created["session"]["id"].as_str().unwrap().parse().unwrap();
+    for (name, pusher) in pushers {
+        let mut client = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+        client.sync(None).await;
+        let id = app
+            .harness
+            .app
+            .connections
+            .in_session(session_id)
+            .await
+            .unwrap()[0]
+            .connection_id
+            .clone();
+        app.harness.gateway.stall(&id);
+        let first = pusher.send(&endpoint, &id, "{}").await;
+        assert!(
+            matches!(first, Err(PushError::Timeout)),
+            "{name}: {first:?}"
+        );
+        let second = pusher.send(&endpoint, &id, "{}").await;
+        assert!(
+            matches!(second, Err(PushError::Skipped)),
+            "{name}: {second:?}"
+        );
+        client.kill();
+        app.harness.gateway.settled().await;
+    }
+}

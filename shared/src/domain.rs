@@ -333,4 +333,44 @@ mod tests {
         assert!(MaxParticipants::parse(13, 12).is_err());
         assert!(MaxParticipants::parse(-5, 12).is_err());
     }
+
+    /// The stored names are the database's (its CHECK constraints and older rows): each
+    /// reads back as what was written, and nothing else reads as anything.
+    #[test]
+    fn stored_names_read_back() {
+        for (role, name) in [(Role::Host, "host"), (Role::Participant, "participant")] {
+            assert_eq!(role.as_str(), name);
+            assert_eq!(Role::from_db(name), Some(role));
+        }
+        for (status, name) in [
+            (SessionStatus::Active, "active"),
+            (SessionStatus::Ended, "ended"),
+        ] {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(SessionStatus::from_db(name), Some(status));
+        }
+        for (kind, name) in [
+            (MessageKind::Question, "question"),
+            (MessageKind::Spirit, "spirit"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(MessageKind::from_db(name), Some(kind));
+        }
+        let states = [
+            (TurnState::Queued, "queued", true),
+            (TurnState::Thinking, "thinking", true),
+            (TurnState::Speaking, "speaking", true),
+            (TurnState::Answered, "answered", false),
+            (TurnState::Dropped, "dropped", false),
+        ];
+        for (state, name, unanswered) in states {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(TurnState::from_db(name), Some(state));
+            assert_eq!(state.is_unanswered(), unanswered, "{name}");
+        }
+        assert_eq!(Role::from_db("Host"), None);
+        assert_eq!(SessionStatus::from_db(""), None);
+        assert_eq!(MessageKind::from_db("answer"), None);
+        assert_eq!(TurnState::from_db("xyzzy"), None);
+    }
 }

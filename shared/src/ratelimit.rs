@@ -108,25 +108,34 @@ impl Default for InProcessRateLimiter {
     }
 }
 
-#[async_trait]
-impl RateLimiter for InProcessRateLimiter {
-    async fn acquire(&self, key: &str, limit: RateLimit) -> Result<Decision, RateLimitError> {
-        let now = self.start.elapsed().as_millis();
+/// Past this many buckets, the full ones are forgotten (a full bucket and no bucket
+/// allow the same).
+const IN_PROCESS_BUCKETS: usize = 10_000;
+
+impl InProcessRateLimiter {
+    /// [`RateLimiter::acquire`] at `now`, in ms on this limiter's clock.
+    fn acquire_at(&self, key: &str, limit: RateLimit, now: u128) -> Decision {
         let mut tats = self
             .tats
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Forget buckets that have fully refilled, so the map stays small.
-        if tats.len() > 10_000 {
+        if tats.len() > IN_PROCESS_BUCKETS {
             tats.retain(|_, tat| *tat > now);
         }
         match gcra(tats.get(key).copied(), now, limit) {
             Ok(new_tat) => {
                 tats.insert(key.to_owned(), new_tat);
-                Ok(Decision::Allowed)
+                Decision::Allowed
             }
-            Err(wait) => Ok(Decision::RetryAfter(duration_ms(wait))),
+            Err(wait) => Decision::RetryAfter(duration_ms(wait)),
         }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for InProcessRateLimiter {
+    async fn acquire(&self, key: &str, limit: RateLimit) -> Result<Decision, RateLimitError> {
+        Ok(self.acquire_at(key, limit, self.start.elapsed().as_millis()))
     }
 }
 
@@ -207,6 +216,71 @@ mod tests {
         assert_eq!(gcra(tat, 0, THREE_PER_NINE), Err(3000));
         assert_eq!(gcra(tat, 1000, THREE_PER_NINE), Err(2000));
         assert!(gcra(tat, 3000, THREE_PER_NINE).is_ok());
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_once_there_are_too_many() {
+        let limiter = InProcessRateLimiter::default();
+        let now = 60_000;
+        {
+            let mut tats = limiter.tats.lock().unwrap_or_else(|e| e.into_inner());
+            for i in 0..IN_PROCESS_BUCKETS {
+                // Half have refilled by `now` (one exactly at it), half have not.
+                let tat = if i % 2 == 0 {
+                    now - (i as u128 % 7)
+                } else {
+                    now + 1
+                };
+                tats.insert(format!("k{i}"), tat);
+            }
+        }
+        let count = |l: &InProcessRateLimiter| l.tats.lock().map(|t| t.len()).unwrap_or(0);
+        // At the limit nothing is forgotten; one more bucket is made.
+        assert_eq!(
+            limiter.acquire_at("new", THREE_PER_NINE, now),
+            Decision::Allowed
+        );
+        assert_eq!(count(&limiter), IN_PROCESS_BUCKETS + 1);
+        // Past it, the full buckets go and the others stay, with what they hold.
+        assert_eq!(
+            limiter.acquire_at("k1", THREE_PER_NINE, now),
+            Decision::Allowed
+        );
+        assert_eq!(count(&limiter), IN_PROCESS_BUCKETS / 2 + 1);
+        let tats = limiter.tats.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(tats.get("k1"), Some(&(now + 1 + 3000)));
+        assert!(
+            !tats.contains_key("k0"),
+            "a bucket full exactly now is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_limits_are_the_configured_ones() {
+        let vars: std::collections::HashMap<String, String> = [
+            ("MESSAGE_RATE_BURST", "4"),
+            ("MESSAGE_RATE_INTERVAL", "5"),
+            ("REST_RATE_BURST", "6"),
+            ("REST_RATE_INTERVAL", "7"),
+            ("FRAME_RATE_BURST", "8"),
+            ("FRAME_RATE_PER_SECOND", "4"),
+            ("TYPING_INTERVAL", "2"),
+            ("SPIRIT_SESSION_QUESTIONS_PER_HOUR", "90"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config = Config::from_vars(crate::config::Profile::Harness, &vars)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let limit = |secs: f64, burst| RateLimit {
+            interval: Duration::from_secs_f64(secs),
+            burst,
+        };
+        assert_eq!(RateLimit::questions(&config), limit(5.0, 4));
+        assert_eq!(RateLimit::rest_writes(&config), limit(7.0, 6));
+        assert_eq!(RateLimit::frames(&config), limit(0.25, 8));
+        assert_eq!(RateLimit::typing(&config), limit(2.0, 1));
+        assert_eq!(RateLimit::session_questions(&config), limit(40.0, 90));
     }
 
     #[tokio::test]
