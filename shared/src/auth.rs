@@ -105,6 +105,12 @@ impl TokenKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_at(token, Utc::now().timestamp())
+    }
+
+    /// [`verify`](Self::verify) at `now` (Unix seconds) for the check of `iat`;
+    /// `jsonwebtoken` checks `exp` and `nbf` on its own clock.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -117,7 +123,7 @@ impl TokenKeys {
             })?;
         // Issued in the future: not ours (our clock issued every token we signed).
         let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
-        if claims.iat > Utc::now().timestamp().saturating_add(leeway) {
+        if claims.iat > now.saturating_add(leeway) {
             return Err(AuthError::Invalid);
         }
         Ok(claims)
@@ -222,6 +228,22 @@ mod tests {
             secret.len()
         );
         assert!(secret.iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+        let keys = keys(SECRET);
+        let now = Utc::now().timestamp();
+        let mut claims = keys
+            .verify(&keys.issue(Uuid::new_v4(), &someone()).unwrap())
+            .unwrap();
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap();
+        claims.iat = now + leeway;
+        let at_the_edge = keys.sign(&claims).unwrap();
+        assert_eq!(keys.verify_at(&at_the_edge, now), Ok(claims.clone()));
+        claims.iat = now + leeway + 1;
+        let beyond = keys.sign(&claims).unwrap();
+        assert_eq!(keys.verify_at(&beyond, now), Err(AuthError::Invalid));
     }
 
     #[test]

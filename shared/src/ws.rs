@@ -235,6 +235,11 @@ pub async fn handle_message(
         return response(200, None);
     };
     let endpoint = endpoint(app, &event);
+    // A binary frame reaches the route base64-encoded: it is no frame of the protocol.
+    let text = match (&event.body, event.is_base64_encoded) {
+        (Some(body), false) => body.as_str(),
+        _ => "",
+    };
     let connection = match app.connections.get(&connection_id).await {
         Ok(Some(connection)) => connection,
         Ok(None) => {
@@ -247,10 +252,6 @@ pub async fn handle_message(
             // Which session this socket is in lives in the store that is down: say so to
             // the socket itself, with the nil session id, rather than leave it unanswered.
             tracing::warn!(%err, "message: connection store unavailable");
-            let text = match (&event.body, event.is_base64_encoded) {
-                (Some(body), false) => body.as_str(),
-                _ => "",
-            };
             let refusal = unavailable(frame_type(text).as_deref());
             let _ = app
                 .pusher
@@ -262,10 +263,6 @@ pub async fn handle_message(
                 .await;
             return response(200, None);
         }
-    };
-    let text = match (&event.body, event.is_base64_encoded) {
-        (Some(body), false) => body.as_str(),
-        _ => "",
     };
     let handled = async {
         // Every frame costs something (a sync is four queries), so every frame is budgeted.

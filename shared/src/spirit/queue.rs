@@ -78,14 +78,6 @@ impl SqsQueue {
             queue_url: queue_url.to_owned(),
         }
     }
-
-    pub fn client(&self) -> &aws_sdk_sqs::Client {
-        &self.client
-    }
-
-    pub fn queue_url(&self) -> &str {
-        &self.queue_url
-    }
 }
 
 /// An SQS client for this region and endpoint.
