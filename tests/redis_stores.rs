@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use seance::connections::{Connection, ConnectionStore, Presence, RedisConnections};
+use seance::connections::{
+    Connection, ConnectionStore, InProcessConnections, Presence, RedisConnections,
+};
 use seance::domain::{Participant, Role};
 use seance::ratelimit::{Decision, RateLimit, RateLimiter, RedisRateLimiter};
 use seance::redis_client::Redis;
@@ -42,7 +44,21 @@ fn connection(id: &str, session_id: Uuid, who: &Participant) -> Connection {
 async fn connections_keep_presence(flavour: RedisFlavour) {
     let redis = Redis::new(&redis_config(flavour)).unwrap();
     redis.ping().await.unwrap();
-    let store = RedisConnections::new(redis, &prefix(), Duration::from_secs(3600));
+    let ttl = Duration::from_secs(3600);
+    check_connection_store(&RedisConnections::new(redis, &prefix(), ttl), ttl).await;
+}
+
+/// The harness's in-process store keeps the same promises as Redis's.
+#[tokio::test]
+async fn in_process_connections_keep_presence() {
+    let ttl = Duration::from_secs(3600);
+    check_connection_store(&InProcessConnections::new(ttl), ttl).await;
+}
+
+/// What every connection store promises: presence changes only with a participant's first
+/// and last connection in a session, the connections of a session oldest first, none
+/// older than the store's time to live, and tombstones that stay.
+async fn check_connection_store(store: &dyn ConnectionStore, ttl: Duration) {
     let session = Uuid::now_v7();
     let (ada, bob) = (participant("Ada", 0), participant("Bob", 1));
     assert_eq!(
@@ -53,21 +69,69 @@ async fn connections_keep_presence(flavour: RedisFlavour) {
         store.add(&connection("A2=", session, &ada)).await.unwrap(),
         Presence::Unchanged
     );
+    // The same connection recorded again (a retried $connect) is not another tab.
     assert_eq!(
         store.add(&connection("B1=", session, &bob)).await.unwrap(),
         Presence::Changed
     );
-    assert_eq!(store.in_session(session).await.unwrap().len(), 3);
+    assert_eq!(
+        store.add(&connection("B1=", session, &bob)).await.unwrap(),
+        Presence::Changed
+    );
+    // Ada in another séance is someone else there.
+    let elsewhere = Uuid::now_v7();
+    assert_eq!(
+        store
+            .add(&connection("A3=", elsewhere, &ada))
+            .await
+            .unwrap(),
+        Presence::Changed
+    );
+    let ids = |found: Vec<Connection>| {
+        found
+            .into_iter()
+            .map(|c| c.connection_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.in_session(session).await.unwrap()),
+        ["A1=", "A2=", "B1="]
+    );
+    assert_eq!(ids(store.in_session(elsewhere).await.unwrap()), ["A3="]);
     assert_eq!(store.get("B1=").await.unwrap().unwrap().participant, bob);
+    assert!(store.get("Z1=").await.unwrap().is_none());
+
+    // A record older than the time to live is not a connection any more.
+    let mut stale = connection("C1=", session, &participant("Cy", 2));
+    stale.connected_at =
+        Utc::now() - chrono::Duration::from_std(ttl).unwrap() - chrono::Duration::seconds(1);
+    store.add(&stale).await.unwrap();
+    assert_eq!(
+        ids(store.in_session(session).await.unwrap()),
+        ["A1=", "A2=", "B1="]
+    );
+
     let (_, presence) = store.remove("A1=").await.unwrap().unwrap();
     assert_eq!(presence, Presence::Unchanged, "Ada has another tab");
     let (gone, presence) = store.remove("A2=").await.unwrap().unwrap();
-    assert_eq!((gone.participant, presence), (ada, Presence::Changed));
+    assert_eq!(
+        (gone.participant, presence),
+        (ada.clone(), Presence::Changed)
+    );
     assert!(store.remove("A2=").await.unwrap().is_none());
+    assert_eq!(
+        ids(store.in_session(elsewhere).await.unwrap()),
+        ["A3="],
+        "the other séance keeps Ada"
+    );
     assert!(!store.is_tombstoned("Z9=").await.unwrap());
     store.tombstone("Z9=").await.unwrap();
+    store.tombstone("Z8=").await.unwrap();
     assert!(store.is_tombstoned("Z9=").await.unwrap());
-    assert_eq!(store.in_session(session).await.unwrap().len(), 1);
+    assert!(store.is_tombstoned("Z8=").await.unwrap());
+    assert!(!store.is_tombstoned("B1=").await.unwrap());
+    assert_eq!(ids(store.in_session(session).await.unwrap()), ["B1="]);
+    store.ping().await.unwrap();
 }
 
 async fn rate_limits_hold(flavour: RedisFlavour) {

@@ -442,3 +442,36 @@ impl ConnectionStore for RedisConnections {
         self.redis.ping().await.map_err(redis_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Participant, Role};
+
+    #[test]
+    fn a_record_expires_once_older_than_its_time_to_live() {
+        let now = Utc::now();
+        let ttl = Duration::from_secs(60);
+        let at = |age_ms: i64| Connection {
+            connection_id: "A1=".into(),
+            session_id: Uuid::nil(),
+            participant: Participant {
+                id: Uuid::nil(),
+                display_name: "Ada".into(),
+                role: Role::Host,
+                seat: 0,
+            },
+            connected_at: now - chrono::Duration::milliseconds(age_ms),
+        };
+        assert!(!expired(&at(0), ttl, now));
+        assert!(!expired(&at(60_000), ttl, now), "exactly the time to live");
+        assert!(expired(&at(60_001), ttl, now));
+    }
+
+    /// The README's documented default: API Gateway's two-hour cap on a connection, and
+    /// ten minutes more for a `$disconnect` that never came.
+    #[test]
+    fn records_outlive_api_gateways_two_hour_cap_by_ten_minutes() {
+        assert_eq!(DEFAULT_CONNECTION_TTL, Duration::from_secs(130 * 60));
+    }
+}

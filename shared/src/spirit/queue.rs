@@ -150,4 +150,16 @@ mod tests {
         let back: Ticket = serde_json::from_str(&body).unwrap_or_else(|_| ticket.clone());
         assert_eq!(back, ticket);
     }
+
+    /// Without a queue a question is refused (the asker hears `unavailable`), never
+    /// accepted and left unanswered.
+    #[tokio::test]
+    async fn without_a_queue_questions_are_refused() {
+        let ticket = Ticket {
+            session_id: Uuid::now_v7(),
+            question_id: Uuid::now_v7(),
+            endpoint: None,
+        };
+        assert!(NoQueue.send(&ticket).await.is_err());
+    }
 }
