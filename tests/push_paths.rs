@@ -160,6 +160,13 @@ async fn refusals_are_reported_and_a_throttled_push_is_tried_once_more() {
 /// everyone (the host's refusal has passed by then).
 async fn a_fan_out_counts_keeps_and_forgets_by_the_answer(backend: Backend) {
     let app = spawn_app(backend).await;
+    // `broadcast` (one text for all) and `broadcast_each` (a text per connection, as the
+    // voice's pan tracks are) count alike; each in a séance of its own.
+    fan_out_and_count(&app, backend, false).await;
+    fan_out_and_count(&app, backend, true).await;
+}
+
+async fn fan_out_and_count(app: &TestApp, backend: Backend, each: bool) {
     let connections = app.harness.app.connections.clone();
     let created = app.create_session(None).await;
     let session: &str = created["session"]["id"].as_str().unwrap();
@@ -230,7 +237,7 @@ async fn a_fan_out_counts_keeps_and_forgets_by_the_answer(backend: Backend) {
             gone: 1,
             opening: 2
         },
-        "{backend:?}"
+        "{backend:?}, each: {each}"
     );
     let mut left: Vec<String> = connections
         .in_session(session_id)

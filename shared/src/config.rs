@@ -612,10 +612,7 @@ impl Config {
             frame_burst: parse_num(&get, "FRAME_RATE_BURST", 60, 1, 1_000_000)?,
             frame_interval: Duration::from_secs(1)
                 / parse_num(&get, "FRAME_RATE_PER_SECOND", 10u32, 1, 10_000)?,
-            connection_ttl: duration(
-                "CONNECTION_TTL",
-                crate::connections::DEFAULT_CONNECTION_TTL,
-            )?,
+            connection_ttl: duration("CONNECTION_TTL", crate::connections::DEFAULT_CONNECTION_TTL)?,
             ws_idle_timeout: duration("WS_IDLE_TIMEOUT", Duration::from_secs(600))?,
             ws_max_lifetime: duration("WS_MAX_LIFETIME", Duration::from_secs(7200))?,
             ws_integration_timeout: duration("WS_INTEGRATION_TIMEOUT", Duration::from_secs(29))?,
