@@ -130,23 +130,16 @@ pub const PUSH_TIMEOUT: Duration = Duration::from_millis(1500);
 /// connection costs the room one timeout, not one per event.
 pub const SLOW_SKIP: Duration = Duration::from_secs(10);
 
-/// Whether a failed push surely never reached API Gateway, so sending it again cannot
-/// deliver it twice: refused before a connection was made, or throttled (429).
-fn never_reached<E>(
+/// Whether a failed push surely never reached the connection, so sending it again cannot
+/// deliver it twice: throttled (429, `LimitExceededException`).
+fn throttled<E>(
     err: &aws_sdk_apigatewaymanagement::error::SdkError<
         E,
         aws_sdk_apigatewaymanagement::config::http::HttpResponse,
     >,
-    detail: &str,
 ) -> bool {
-    use aws_sdk_apigatewaymanagement::error::SdkError;
-    match err {
-        SdkError::DispatchFailure(failure) => {
-            failure.is_io() && detail.to_ascii_lowercase().contains("connection refused")
-        }
-        SdkError::ServiceError(service) => service.raw().status().as_u16() == 429,
-        _ => false,
-    }
+    err.raw_response()
+        .is_some_and(|raw| raw.status().as_u16() == 429)
 }
 
 impl ManagementApi {
@@ -172,10 +165,10 @@ impl ManagementApi {
                     .region(self.region.clone())
                     .credentials_provider(self.credentials.clone())
                     .endpoint_url(endpoint)
+                    // The whole call's limit is `send`'s own (PUSH_TIMEOUT, one clock).
                     .timeout_config(
                         TimeoutConfig::builder()
                             .connect_timeout(PUSH_CONNECT_TIMEOUT)
-                            .operation_timeout(PUSH_TIMEOUT)
                             .build(),
                     )
                     // PostToConnection is not idempotent: the SDK retries nothing (a timed-out
@@ -222,11 +215,7 @@ impl Pusher for ManagementApi {
                 }
                 _ => {}
             }
-            if err.as_service_error().is_none() && detail.contains("operation timeout") {
-                self.slow.mark(connection_id);
-                return Err(PushError::Timeout);
-            }
-            if attempt < 2 && never_reached(&err, &detail) {
+            if attempt < 2 && throttled(&err) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -235,11 +224,14 @@ impl Pusher for ManagementApi {
     }
 
     async fn close(&self, endpoint: &str, connection_id: &str) -> Result<(), PushError> {
-        self.client(endpoint)
+        let call = self
+            .client(endpoint)
             .delete_connection()
             .connection_id(connection_id)
-            .send()
+            .send();
+        tokio::time::timeout(PUSH_TIMEOUT, call)
             .await
+            .map_err(|_| PushError::Timeout)?
             .map(|_| ())
             .map_err(|err| match err.as_service_error() {
                 Some(e) if e.is_gone_exception() => PushError::Gone,
