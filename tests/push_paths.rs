@@ -57,8 +57,19 @@ async fn direct_and_sdk_pushes_answer_alike() {
             matches!(unknown, Err(PushError::Gone)),
             "{name}: {unknown:?}"
         );
-        let huge = "x".repeat(129 * 1024);
-        let too_large = pusher.send(&endpoint, &id, &huge).await;
+        // API Gateway's limit, to the byte: 128 KiB is delivered, one byte more is not.
+        let sized = |bytes: usize| {
+            let frame = json!({"type": "pong", "session_id": "x", "timestamp": "t", "pad": ""});
+            let pad = "x".repeat(bytes - frame.to_string().len());
+            json!({"type": "pong", "session_id": "x", "timestamp": "t", "pad": pad}).to_string()
+        };
+        let limit = local_dev::gateway::MAX_MESSAGE_BYTES;
+        assert_eq!(limit, 128 * 1024);
+        let largest = sized(limit);
+        assert_eq!(largest.len(), limit);
+        pusher.send(&endpoint, &id, &largest).await.unwrap();
+        assert_eq!(client.expect("pong").await.to_string(), largest, "{name}");
+        let too_large = pusher.send(&endpoint, &id, &sized(limit + 1)).await;
         assert!(
             matches!(too_large, Err(PushError::PayloadTooLarge)),
             "{name}: {too_large:?}"

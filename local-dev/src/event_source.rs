@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// SQS forgets a deduplication id after five minutes.
 const DEDUP_WINDOW: Duration = Duration::from_secs(300);
@@ -87,7 +88,11 @@ async fn invoke(spirit: &Spirit, records: Vec<Value>, timeout: Duration) -> bool
     };
     let deadline_ms = epoch_ms(SystemTime::now()) + u64::try_from(timeout.as_millis()).unwrap_or(0);
     let spirit = spirit.clone();
-    let mut invocation = tokio::spawn(async move { spirit.handle_batch(event, deadline_ms).await });
+    // One span per invocation, as the Lambda runtime opens one per event.
+    let mut invocation = tokio::spawn(
+        async move { spirit.handle_batch(event, deadline_ms).await }
+            .instrument(tracing::info_span!("spirit")),
+    );
     // Whoever drops this call (a stopping harness, a test playing a crash) kills the
     // invocation with it, as a Lambda sandbox dies with its process.
     let _kill = KillOnDrop(invocation.abort_handle());

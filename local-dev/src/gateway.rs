@@ -25,6 +25,7 @@ use seance::push::{PUSH_TIMEOUT, PushError, Pusher, SlowConnections};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// API Gateway's limits: 128 KB per message.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
@@ -679,10 +680,14 @@ async fn route_message(
     let handler = gateway.message_handler();
     let counted = Running::start(&gateway);
     let invocation = handler(gateway.app.clone(), event);
-    let mut invocation = tokio::spawn(async move {
-        let _done = counted;
-        invocation.await
-    });
+    // One span per invocation, as the Lambda runtime opens one per event.
+    let mut invocation = tokio::spawn(
+        async move {
+            let _done = counted;
+            invocation.await
+        }
+        .instrument(tracing::info_span!("ws-message")),
+    );
     let failure = match tokio::time::timeout(gateway.integration_timeout, &mut invocation).await {
         Ok(Ok(_response)) => return,
         Ok(Err(err)) => {
