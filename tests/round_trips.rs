@@ -3,7 +3,7 @@
 //! ("Round trips per question") and the bounds below are those figures.
 //!
 //! Statements are counted as sqlx reports them (one `sqlx::query` event per statement
-//! sent, `BEGIN` and `COMMIT` included), by the harness's invocation they ran in (the
+//! sent; it reports `COMMIT` but not `BEGIN`), by the harness's invocation they ran in (the
 //! `ws-message` and `spirit` spans, one per invocation as the Lambda runtime opens them).
 //! Redis commands are counted by the server (`INFO commandstats` after `CONFIG RESETSTAT`);
 //! a script's own commands count beside the `EVALSHA` that ran them.
@@ -27,6 +27,25 @@ static SPIRIT_STATEMENTS: AtomicUsize = AtomicUsize::new(0);
 static OTHER_STATEMENTS: AtomicUsize = AtomicUsize::new(0);
 static SPIRIT_INVOCATIONS: AtomicUsize = AtomicUsize::new(0);
 static SPIRIT_DONE: Notify = Notify::const_new();
+/// Each counted statement's invocation and sqlx's summary of it, for the printout.
+static STATEMENTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Reads sqlx's `summary` field (the statement's first words).
+struct Summary(String);
+
+impl tracing::field::Visit for Summary {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "summary" {
+            value.clone_into(&mut self.0);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "summary" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
 
 /// Counts sqlx's statements by the invocation span they ran in, and finished spirit
 /// invocations.
@@ -46,6 +65,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Counter {
             _ => &OTHER_STATEMENTS,
         };
         counter.fetch_add(1, Ordering::SeqCst);
+        let mut summary = Summary(String::new());
+        event.record(&mut summary);
+        if let Ok(mut statements) = STATEMENTS.lock() {
+            statements.push(format!("{}: {}", invocation.unwrap_or("-"), summary.0));
+        }
     }
 
     fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
@@ -147,6 +171,7 @@ async fn statements_and_redis_commands_per_question_stay_within_their_figures() 
     MESSAGE_STATEMENTS.store(0, Ordering::SeqCst);
     SPIRIT_STATEMENTS.store(0, Ordering::SeqCst);
     OTHER_STATEMENTS.store(0, Ordering::SeqCst);
+    STATEMENTS.lock().unwrap().clear();
     reset_redis_stats(&redis_url).await;
     let spirit_done = SPIRIT_DONE.notified();
     let invocations_before = SPIRIT_INVOCATIONS.load(Ordering::SeqCst);
@@ -170,6 +195,9 @@ async fn statements_and_redis_commands_per_question_stay_within_their_figures() 
         "per question: send_message {message} statements, the spirit's turn {spirit}, \
          elsewhere {other}; Redis {redis_total} commands: {commands:?}"
     );
+    for statement in STATEMENTS.lock().unwrap().iter() {
+        eprintln!("  {statement}");
+    }
     assert!(
         message > 0 && spirit > 0,
         "nothing counted: {message} {spirit}"
