@@ -232,7 +232,7 @@ async fn fan_out_and_count(app: &TestApp, backend: Backend, each: bool) {
     };
     let report = broadcaster
         .broadcast(
-            &endpoint(&app),
+            &endpoint(app),
             session_id,
             &ServerEvent::Pong {},
             Audience::Everyone,

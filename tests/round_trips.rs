@@ -95,17 +95,19 @@ async fn own_redis() -> (OwnRedis, String) {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (tests/run installs it)");
+    let own = OwnRedis(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (tests/run installs it)"),
+    );
     let url = format!("redis://127.0.0.1:{port}");
     let client = redis::Client::open(url.as_str()).unwrap();
     for _ in 0..100 {
         if client.get_multiplexed_async_connection().await.is_ok() {
-            return (OwnRedis(child), url);
+            return (own, url);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -27,6 +27,7 @@ const POSTGRES: &[Script] = &[
     ),
 ];
 
+#[cfg(feature = "sqlite")]
 const SQLITE: &[Script] = &[
     (
         1,
@@ -128,6 +129,7 @@ impl Database {
     fn migrator(&self) -> Migrator {
         match self {
             Self::Postgres(_) => migrator(POSTGRES),
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(_) => migrator(SQLITE),
         }
     }
@@ -152,6 +154,7 @@ impl Database {
         let migrator = self.migrator();
         match self {
             Self::Postgres(pool) => migrator.run(pool).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => migrator.run(pool).await,
         }
         .map_err(migrate_err)?;
@@ -169,6 +172,7 @@ impl Database {
         let migrator = self.migrator();
         match self {
             Self::Postgres(pool) => migrator.undo(pool, target).await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => migrator.undo(pool, target).await,
         }
         .map_err(migrate_err)?;
@@ -206,6 +210,7 @@ impl Database {
                     .await
                     .map_err(migrate_err)?
             }
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
                 conn.ensure_migrations_table(TABLE)

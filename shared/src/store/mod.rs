@@ -17,7 +17,9 @@ use crate::domain::{
 };
 
 pub use migrations::{MigrationAction, MigrationReport, MigrationState, MigrationStatus};
-pub use sql::{Database, PgStore, SqliteStore};
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteStore;
+pub use sql::{Database, PgStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use uuid::Uuid;
 
@@ -24,6 +25,8 @@ use crate::domain::{
 #[derive(Debug, Clone)]
 pub enum Database {
     Postgres(PgPool),
+    /// Only in builds with the `sqlite` feature (the harness and the tests; no Lambda).
+    #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
 }
 
@@ -33,39 +36,7 @@ impl Database {
     pub fn connect_lazy(config: &Config) -> Result<Self, StoreError> {
         let url = config.database_url.expose();
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|_| {
-                    StoreError::Internal("DATABASE_URL is not a valid sqlite: URL".into())
-                })?
-                .create_if_missing(true)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(5));
-            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            let pool = if in_memory {
-                // Every connection to :memory: is its own database: keep exactly one, forever.
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_lazy_with(options)
-            } else {
-                if let Some(dir) = options.get_filename().parent()
-                    && !dir.as_os_str().is_empty()
-                {
-                    std::fs::create_dir_all(dir).map_err(|err| {
-                        StoreError::Unavailable(format!(
-                            "cannot create the SQLite folder {}: {err}",
-                            dir.display()
-                        ))
-                    })?;
-                }
-                SqlitePoolOptions::new()
-                    .max_connections(config.database_max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .connect_lazy_with(options.journal_mode(SqliteJournalMode::Wal))
-            };
-            Ok(Self::Sqlite(pool))
+            Self::connect_sqlite(url, config)
         } else {
             let mut options = PgConnectOptions::from_str(url).map_err(|_| {
                 StoreError::Internal("DATABASE_URL is not a valid postgres:// URL".into())
@@ -85,6 +56,50 @@ impl Database {
         }
     }
 
+    #[cfg(feature = "sqlite")]
+    fn connect_sqlite(url: &str, config: &Config) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::Internal("DATABASE_URL is not a valid sqlite: URL".into()))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = if in_memory {
+            // Every connection to :memory: is its own database: keep exactly one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(options)
+        } else {
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|err| {
+                    StoreError::Unavailable(format!(
+                        "cannot create the SQLite folder {}: {err}",
+                        dir.display()
+                    ))
+                })?;
+            }
+            SqlitePoolOptions::new()
+                .max_connections(config.database_max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options.journal_mode(SqliteJournalMode::Wal))
+        };
+        Ok(Self::Sqlite(pool))
+    }
+
+    #[cfg(not(feature = "sqlite"))]
+    fn connect_sqlite(_url: &str, _config: &Config) -> Result<Self, StoreError> {
+        Err(StoreError::Internal(
+            "this build has no SQLite (the `sqlite` feature of seance-shared, which the \
+             harness enables); DATABASE_URL must be postgres://"
+                .into(),
+        ))
+    }
+
     pub fn store(&self) -> DynStore {
         self.store_with(true)
     }
@@ -97,6 +112,7 @@ impl Database {
                 pool: pool.clone(),
                 prepared,
             }),
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => Arc::new(SqliteStore {
                 pool: pool.clone(),
                 prepared,
@@ -107,6 +123,7 @@ impl Database {
     pub async fn close(&self) {
         match self {
             Self::Postgres(pool) => pool.close().await,
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => pool.close().await,
         }
     }
@@ -120,6 +137,7 @@ pub struct PgStore {
     pub prepared: bool,
 }
 
+#[cfg(feature = "sqlite")]
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub pool: SqlitePool,
@@ -751,6 +769,7 @@ impl_sql_store!(
     sqlx::postgres::PgRow,
     "postgres"
 );
+#[cfg(feature = "sqlite")]
 impl_sql_store!(
     SqliteStore,
     SqliteAcceptance,
