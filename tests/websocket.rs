@@ -978,3 +978,33 @@ seance_tests::on_mixed_backends!(
     a_vanished_connection_is_pruned_on_the_next_push,
     sync_after_resumes_without_gaps,
 );
+
+/// Stopping the harness (Ctrl-C) closes every socket as the server (1000) and runs each
+/// one's `$disconnect` before it returns: the connection records are gone and the others
+/// heard `user_left`.
+async fn a_stopping_harness_disconnects_everyone_first(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let connections = app.harness.app.connections.clone();
+    let created = app.create_session(None).await;
+    let session = created["session"]["id"].as_str().unwrap().to_owned();
+    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+    host.sync(None).await;
+    let guest_ticket = app.join_ticket(&session, "Guest").await;
+    let mut guest = WsClient::connect(&app.ws_url(&guest_ticket)).await.unwrap();
+    guest.sync(None).await;
+    let session_id = session.parse().unwrap();
+    assert_eq!(connections.in_session(session_id).await.unwrap().len(), 2);
+
+    app.harness.shutdown().await.unwrap();
+    assert!(
+        connections.in_session(session_id).await.unwrap().is_empty(),
+        "every $disconnect ran before the harness stopped ({backend:?})"
+    );
+    assert_eq!(host.expect_closed().await, 1000);
+    assert_eq!(guest.expect_closed().await, 1000);
+}
+
+seance_tests::on_both_backends!(
+    stopping_postgres,
+    stopping_sqlite: a_stopping_harness_disconnects_everyone_first
+);
