@@ -69,11 +69,13 @@ async fn direct_and_sdk_pushes_answer_alike() {
         assert_eq!(largest.len(), limit);
         pusher.send(&endpoint, &id, &largest).await.unwrap();
         assert_eq!(client.expect("pong").await.to_string(), largest, "{name}");
-        let too_large = pusher.send(&endpoint, &id, &sized(limit + 1)).await;
-        assert!(
-            matches!(too_large, Err(PushError::PayloadTooLarge)),
-            "{name}: {too_large:?}"
-        );
+        for bytes in [limit + 1, 200 * 1024] {
+            let too_large = pusher.send(&endpoint, &id, &sized(bytes)).await;
+            assert!(
+                matches!(too_large, Err(PushError::PayloadTooLarge)),
+                "{name}, {bytes} bytes: {too_large:?}"
+            );
+        }
         pusher.close(&endpoint, &id).await.unwrap();
         assert_eq!(client.expect_closed().await, 1000, "{name}");
         app.harness.gateway.settled().await;

@@ -659,7 +659,8 @@ async fn the_harness_sends_api_gateways_own_frames() {
     let frame = client.expect_gateway_frame().await;
     assert_eq!(frame["message"], "Endpoint request timed out");
     assert!(frame["connectionId"].as_str().unwrap().ends_with('='));
-    assert!(frame["requestId"].is_string());
+    let first_request = frame["requestId"].as_str().unwrap().to_owned();
+    assert!(first_request.len() >= 16, "{first_request}");
     assert!(frame.get("type").is_none());
     finished
         .await
@@ -674,4 +675,6 @@ async fn the_harness_sends_api_gateways_own_frames() {
     let frame = client.expect_gateway_frame().await;
     assert_eq!(frame["message"], "Internal server error");
     assert!(frame["connectionId"].is_string());
+    let second_request = frame["requestId"].as_str().unwrap();
+    assert_ne!(second_request, first_request, "each request has its own id");
 }

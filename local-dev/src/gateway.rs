@@ -486,7 +486,7 @@ async fn connect(
     // 128 KiB made that memset a tenth of the harness's CPU under load (perf). Frames are
     // small; longer ones are read in several chunks.
     let mut ws = ws
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(8192)
         .max_message_size(4 * MAX_MESSAGE_BYTES)
         .max_frame_size(4 * MAX_MESSAGE_BYTES);
     if let Some(protocol) = response.headers.get("sec-websocket-protocol") {
@@ -824,6 +824,11 @@ mod tests {
             assert!(id[..15].chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
             assert_ne!(new_connection_id(), id);
         }
+        // Drawn from the whole alphabet, as API Gateway's are.
+        let used: std::collections::HashSet<char> = (0..1000)
+            .flat_map(|_| new_connection_id().chars().take(15).collect::<Vec<_>>())
+            .collect();
+        assert!(used.len() > 55, "{} characters used", used.len());
     }
 
     #[test]
