@@ -994,6 +994,7 @@ async fn a_stopping_harness_disconnects_everyone_first(backend: Backend) {
     guest.sync(None).await;
     let session_id = session.parse().unwrap();
     assert_eq!(connections.in_session(session_id).await.unwrap().len(), 2);
+    assert_eq!(app.harness.gateway.open_sockets(), 2);
 
     app.harness.shutdown().await.unwrap();
     assert!(
