@@ -282,7 +282,13 @@ pub const STILL_OPENING: std::time::Duration = std::time::Duration::from_secs(30
 
 /// True while `connection` may still be opening (see [`STILL_OPENING`]).
 pub fn still_opening(connection: &Connection) -> bool {
-    let age = chrono::Utc::now().signed_duration_since(connection.connected_at);
+    still_opening_at(connection, chrono::Utc::now())
+}
+
+/// [`still_opening`] at `now`. A `connected_at` ahead of `now` (another instance's clock)
+/// counts as opening.
+fn still_opening_at(connection: &Connection, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let age = now.signed_duration_since(connection.connected_at);
     age.to_std().map_or(true, |age| age < STILL_OPENING)
 }
 
@@ -467,4 +473,31 @@ impl Broadcaster {
 enum Target {
     One(String),
     Audience(Audience),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Participant, Role};
+
+    #[test]
+    fn a_connection_is_opening_for_thirty_seconds_after_connect() {
+        let now = chrono::Utc::now();
+        let connected = |ago_ms: i64| Connection {
+            connection_id: "A1=".into(),
+            session_id: Uuid::nil(),
+            participant: Participant {
+                id: Uuid::nil(),
+                display_name: "Ada".into(),
+                role: Role::Host,
+                seat: 0,
+            },
+            connected_at: now - chrono::Duration::milliseconds(ago_ms),
+        };
+        assert!(still_opening_at(&connected(-2_000), now), "a clock ahead");
+        assert!(still_opening_at(&connected(0), now));
+        assert!(still_opening_at(&connected(29_999), now));
+        assert!(!still_opening_at(&connected(30_000), now));
+        assert!(!still_opening_at(&connected(60_000), now));
+    }
 }
