@@ -232,14 +232,20 @@ async fn fan_out_and_count(app: &TestApp, backend: Backend, each: bool) {
         connections: connections.clone(),
         pusher: app.harness.app.pusher.clone(),
     };
-    let report = broadcaster
-        .broadcast(
-            &endpoint(app),
-            session_id,
-            &ServerEvent::Pong {},
-            Audience::Everyone,
-        )
-        .await;
+    let report = if each {
+        broadcaster
+            .broadcast_each(&endpoint(app), session_id, |_| ServerEvent::Pong {})
+            .await
+    } else {
+        broadcaster
+            .broadcast(
+                &endpoint(app),
+                session_id,
+                &ServerEvent::Pong {},
+                Audience::Everyone,
+            )
+            .await
+    };
     // The pong: guest delivered, host refused, one gone, one opening. Then `user_left` for
     // the gone one's participant: host and guest delivered, the opening one 410 again.
     assert_eq!(
