@@ -309,9 +309,9 @@ on_both_backends!(postgres_sdk_push, sqlite_direct_push: a_fan_out_counts_keeps_
 async fn a_stalled_connection_times_out_once_then_is_skipped() {
     let app = spawn_app(Backend::Sqlite).await;
     let endpoint = endpoint(&app);
-    let direct = app.harness.app.pusher.clone();
-    let sdk = ManagementApi::new("us-east-1", AwsCredentials::Static);
-    let pushers: [(&str, &dyn Pusher); 2] = [("direct", direct.as_ref()), ("sdk", &sdk)];
+    let sdk: std::sync::Arc<dyn Pusher> =
+        std::sync::Arc::new(ManagementApi::new("us-east-1", AwsCredentials::Static));
+    let pushers = [("direct", app.harness.app.pusher.clone()), ("sdk", sdk)];
     let created = app.create_session(None).await;
     let session_id = created["session"]["id"].as_str().unwrap().parse().unwrap();
     for (name, pusher) in pushers {
@@ -336,6 +336,27 @@ async fn a_stalled_connection_times_out_once_then_is_skipped() {
         assert!(
             matches!(second, Err(PushError::Skipped)),
             "{name}: {second:?}"
+        );
+        // A fan-out counts the skipped push as failed and moves on.
+        let broadcaster = Broadcaster {
+            connections: app.harness.app.connections.clone(),
+            pusher: pusher.clone(),
+        };
+        let report = broadcaster
+            .broadcast(
+                &endpoint,
+                session_id,
+                &ServerEvent::Pong {},
+                Audience::Everyone,
+            )
+            .await;
+        assert_eq!(
+            report,
+            FanoutReport {
+                failed: 1,
+                ..FanoutReport::default()
+            },
+            "{name}"
         );
         client.kill();
         app.harness.gateway.settled().await;
