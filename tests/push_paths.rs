@@ -362,3 +362,63 @@ async fn a_stalled_connection_times_out_once_then_is_skipped() {
         app.harness.gateway.settled().await;
     }
 }
+
+/// With the connection store unreachable (a Redis that is not there), a fan-out of any kind
+/// pushes nothing and reports one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_without_its_connection_store_reports_a_failure() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = seance::redis_client::Redis::new(&seance::config::RedisConfig {
+        url: seance::config::Secret::new(format!("redis://127.0.0.1:{port}")),
+        cluster: false,
+        ca_pem: None,
+    })
+    .unwrap();
+    let broadcaster = Broadcaster {
+        connections: std::sync::Arc::new(seance::connections::RedisConnections::new(
+            unreachable,
+            "seance-test:",
+            std::time::Duration::from_secs(60),
+        )),
+        pusher: app.harness.app.pusher.clone(),
+    };
+    let endpoint = endpoint(&app);
+    let session_id = Uuid::new_v4();
+    let one_failure = FanoutReport {
+        failed: 1,
+        ..FanoutReport::default()
+    };
+    let everyone = broadcaster
+        .broadcast(
+            &endpoint,
+            session_id,
+            &ServerEvent::Pong {},
+            Audience::Everyone,
+        )
+        .await;
+    assert_eq!(everyone, one_failure);
+    let each = broadcaster
+        .broadcast_each(&endpoint, session_id, |_| ServerEvent::Pong {})
+        .await;
+    assert_eq!(each, one_failure);
+    let someone = Connection {
+        connection_id: local_dev::gateway::new_connection_id(),
+        session_id,
+        participant: Participant {
+            id: Uuid::new_v4(),
+            display_name: "Ada".into(),
+            role: Role::Host,
+            seat: 0,
+        },
+        connected_at: chrono::Utc::now(),
+    };
+    let one = broadcaster
+        .send_to(&endpoint, &someone, &ServerEvent::Pong {})
+        .await;
+    assert_eq!(one, one_failure);
+}
