@@ -15,36 +15,54 @@ use seance::push::{
 use seance_tests::ws::WsClient;
 use seance_tests::{Backend, TestApp, on_both_backends, spawn_app};
 use serde_json::json;
+use std::sync::Arc;
 use uuid::Uuid;
+
+/// The harness's own pusher and the real Management API client, by name.
+fn both_pushers(app: &TestApp) -> [(&'static str, Arc<dyn Pusher>); 2] {
+    let sdk: Arc<dyn Pusher> = Arc::new(ManagementApi::new("us-east-1", AwsCredentials::Static));
+    [("direct", app.harness.app.pusher.clone()), ("sdk", sdk)]
+}
+
+/// A `pong` to everyone in the séance, and what the fan-out reports.
+async fn pong_everyone(
+    broadcaster: &Broadcaster,
+    endpoint: &str,
+    session_id: Uuid,
+) -> FanoutReport {
+    broadcaster
+        .broadcast(
+            endpoint,
+            session_id,
+            &ServerEvent::Pong {},
+            Audience::Everyone,
+        )
+        .await
+}
+
+/// A socket of the séance's host, synced, and its connection id (the séance's only one).
+async fn host_socket(app: &TestApp, created: &serde_json::Value) -> (WsClient, String) {
+    let mut client = WsClient::connect(&app.ws_url(created)).await.unwrap();
+    client.sync(None).await;
+    let session_id: Uuid = created["session"]["id"].as_str().unwrap().parse().unwrap();
+    let connections = app
+        .harness
+        .app
+        .connections
+        .in_session(session_id)
+        .await
+        .unwrap();
+    assert_eq!(connections.len(), 1);
+    (client, connections[0].connection_id.clone())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_and_sdk_pushes_answer_alike() {
     let app = spawn_app(Backend::Sqlite).await;
-    let endpoint = app
-        .harness
-        .app
-        .config
-        .apigw_management_endpoint
-        .clone()
-        .unwrap();
-    let direct = app.harness.app.pusher.clone();
-    let sdk = ManagementApi::new("us-east-1", AwsCredentials::Static);
-    let pushers: [(&str, &dyn Pusher); 2] = [("direct", direct.as_ref()), ("sdk", &sdk)];
-
+    let endpoint = endpoint(&app);
     let created = app.create_session(None).await;
-    let session_id = created["session"]["id"].as_str().unwrap().parse().unwrap();
-    for (name, pusher) in pushers {
-        let mut client = WsClient::connect(&app.ws_url(&created)).await.unwrap();
-        client.sync(None).await;
-        let connections = app
-            .harness
-            .app
-            .connections
-            .in_session(session_id)
-            .await
-            .unwrap();
-        assert_eq!(connections.len(), 1);
-        let id = connections[0].connection_id.clone();
+    for (name, pusher) in both_pushers(&app) {
+        let (mut client, id) = host_socket(&app, &created).await;
 
         let frame = json!({"type": "pong", "session_id": "x", "timestamp": "t", "via": name});
         pusher
@@ -101,24 +119,9 @@ async fn refusals_are_reported_and_a_throttled_push_is_tried_once_more() {
     let app = spawn_app(Backend::Sqlite).await;
     let endpoint = endpoint(&app);
     let gateway = app.harness.gateway.clone();
-    let direct = app.harness.app.pusher.clone();
-    let sdk = ManagementApi::new("us-east-1", AwsCredentials::Static);
-    let pushers: [(&str, &dyn Pusher); 2] = [("direct", direct.as_ref()), ("sdk", &sdk)];
-
     let created = app.create_session(None).await;
-    let session_id = created["session"]["id"].as_str().unwrap().parse().unwrap();
-    for (name, pusher) in pushers {
-        let mut client = WsClient::connect(&app.ws_url(&created)).await.unwrap();
-        client.sync(None).await;
-        let id = app
-            .harness
-            .app
-            .connections
-            .in_session(session_id)
-            .await
-            .unwrap()[0]
-            .connection_id
-            .clone();
+    for (name, pusher) in both_pushers(&app) {
+        let (mut client, id) = host_socket(&app, &created).await;
         let pong = |n: u32| {
             json!({"type": "pong", "session_id": "x", "timestamp": "t", "n": n}).to_string()
         };
@@ -237,14 +240,7 @@ async fn fan_out_and_count(app: &TestApp, backend: Backend, each: bool) {
             .broadcast_each(&endpoint(app), session_id, |_| ServerEvent::Pong {})
             .await
     } else {
-        broadcaster
-            .broadcast(
-                &endpoint(app),
-                session_id,
-                &ServerEvent::Pong {},
-                Audience::Everyone,
-            )
-            .await
+        pong_everyone(&broadcaster, &endpoint(app), session_id).await
     };
     // The pong: guest delivered, host refused, one gone, one opening. Then `user_left` for
     // the gone one's participant: host and guest delivered, the opening one 410 again.
@@ -309,23 +305,10 @@ on_both_backends!(postgres_sdk_push, sqlite_direct_push: a_fan_out_counts_keeps_
 async fn a_stalled_connection_times_out_once_then_is_skipped() {
     let app = spawn_app(Backend::Sqlite).await;
     let endpoint = endpoint(&app);
-    let sdk: std::sync::Arc<dyn Pusher> =
-        std::sync::Arc::new(ManagementApi::new("us-east-1", AwsCredentials::Static));
-    let pushers = [("direct", app.harness.app.pusher.clone()), ("sdk", sdk)];
     let created = app.create_session(None).await;
     let session_id = created["session"]["id"].as_str().unwrap().parse().unwrap();
-    for (name, pusher) in pushers {
-        let mut client = WsClient::connect(&app.ws_url(&created)).await.unwrap();
-        client.sync(None).await;
-        let id = app
-            .harness
-            .app
-            .connections
-            .in_session(session_id)
-            .await
-            .unwrap()[0]
-            .connection_id
-            .clone();
+    for (name, pusher) in both_pushers(&app) {
+        let (client, id) = host_socket(&app, &created).await;
         app.harness.gateway.stall(&id);
         let first = pusher.send(&endpoint, &id, "{}").await;
         assert!(
@@ -342,14 +325,7 @@ async fn a_stalled_connection_times_out_once_then_is_skipped() {
             connections: app.harness.app.connections.clone(),
             pusher: pusher.clone(),
         };
-        let report = broadcaster
-            .broadcast(
-                &endpoint,
-                session_id,
-                &ServerEvent::Pong {},
-                Audience::Everyone,
-            )
-            .await;
+        let report = pong_everyone(&broadcaster, &endpoint, session_id).await;
         assert_eq!(
             report,
             FanoutReport {
@@ -393,14 +369,7 @@ async fn a_fan_out_without_its_connection_store_reports_a_failure() {
         failed: 1,
         ..FanoutReport::default()
     };
-    let everyone = broadcaster
-        .broadcast(
-            &endpoint,
-            session_id,
-            &ServerEvent::Pong {},
-            Audience::Everyone,
-        )
-        .await;
+    let everyone = pong_everyone(&broadcaster, &endpoint, session_id).await;
     assert_eq!(everyone, one_failure);
     let each = broadcaster
         .broadcast_each(&endpoint, session_id, |_| ServerEvent::Pong {})

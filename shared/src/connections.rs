@@ -443,26 +443,31 @@ impl ConnectionStore for RedisConnections {
     }
 }
 
+/// A connection of Ada's, host of the nil session, made at `at` (for unit tests).
+#[cfg(test)]
+pub(crate) fn connected_at(at: DateTime<Utc>) -> Connection {
+    Connection {
+        connection_id: "A1=".into(),
+        session_id: Uuid::nil(),
+        participant: crate::domain::Participant {
+            id: Uuid::nil(),
+            display_name: "Ada".into(),
+            role: crate::domain::Role::Host,
+            seat: 0,
+        },
+        connected_at: at,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Participant, Role};
 
     #[test]
     fn a_record_expires_once_older_than_its_time_to_live() {
         let now = Utc::now();
         let ttl = Duration::from_secs(60);
-        let at = |age_ms: i64| Connection {
-            connection_id: "A1=".into(),
-            session_id: Uuid::nil(),
-            participant: Participant {
-                id: Uuid::nil(),
-                display_name: "Ada".into(),
-                role: Role::Host,
-                seat: 0,
-            },
-            connected_at: now - chrono::Duration::milliseconds(age_ms),
-        };
+        let at = |age_ms: i64| connected_at(now - chrono::Duration::milliseconds(age_ms));
         assert!(!expired(&at(0), ttl, now));
         assert!(!expired(&at(60_000), ttl, now), "exactly the time to live");
         assert!(expired(&at(60_001), ttl, now));

@@ -478,21 +478,12 @@ enum Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Participant, Role};
 
     #[test]
     fn a_connection_is_opening_for_thirty_seconds_after_connect() {
         let now = chrono::Utc::now();
-        let connected = |ago_ms: i64| Connection {
-            connection_id: "A1=".into(),
-            session_id: Uuid::nil(),
-            participant: Participant {
-                id: Uuid::nil(),
-                display_name: "Ada".into(),
-                role: Role::Host,
-                seat: 0,
-            },
-            connected_at: now - chrono::Duration::milliseconds(ago_ms),
+        let connected = |ago_ms: i64| {
+            crate::connections::connected_at(now - chrono::Duration::milliseconds(ago_ms))
         };
         assert!(still_opening_at(&connected(-2_000), now), "a clock ahead");
         assert!(still_opening_at(&connected(0), now));
