@@ -356,7 +356,7 @@ async fn a_fan_out_without_its_connection_store_reports_a_failure() {
     })
     .unwrap();
     let broadcaster = Broadcaster {
-        connections: std::sync::Arc::new(seance::connections::RedisConnections::new(
+        connections: Arc::new(seance::connections::RedisConnections::new(
             unreachable,
             "seance-test:",
             std::time::Duration::from_secs(60),
