@@ -127,11 +127,7 @@ async fn refusals_are_reported_and_a_throttled_push_is_tried_once_more() {
         };
 
         gateway.refuse(&id, Refusal::Forbidden, 1);
-        let forbidden = pusher.send(&endpoint, &id, &pong(1)).await;
-        assert!(
-            matches!(forbidden, Err(PushError::Other(_))),
-            "{name}: {forbidden:?}"
-        );
+        assert_refused(name, pusher.send(&endpoint, &id, &pong(1)).await);
         pusher.send(&endpoint, &id, &pong(2)).await.unwrap();
         assert_eq!(
             client.expect("pong").await["n"],
@@ -142,11 +138,7 @@ async fn refusals_are_reported_and_a_throttled_push_is_tried_once_more() {
         gateway.refuse(&id, Refusal::Throttled, 1);
         pusher.send(&endpoint, &id, &pong(3)).await.unwrap();
         gateway.refuse(&id, Refusal::Throttled, 2);
-        let throttled = pusher.send(&endpoint, &id, &pong(4)).await;
-        assert!(
-            matches!(throttled, Err(PushError::Other(_))),
-            "{name}: {throttled:?}"
-        );
+        assert_refused(name, pusher.send(&endpoint, &id, &pong(4)).await);
         pusher.send(&endpoint, &id, &pong(5)).await.unwrap();
         assert_eq!(client.expect("pong").await["n"], 3, "{name}");
         assert_eq!(
@@ -156,17 +148,22 @@ async fn refusals_are_reported_and_a_throttled_push_is_tried_once_more() {
         );
 
         gateway.refuse(&id, Refusal::Forbidden, 1);
-        let refused_close = pusher.close(&endpoint, &id).await;
-        assert!(
-            matches!(refused_close, Err(PushError::Other(_))),
-            "{name}: {refused_close:?}"
-        );
+        assert_refused(name, pusher.close(&endpoint, &id).await);
         pusher.send(&endpoint, &id, &pong(6)).await.unwrap();
         assert_eq!(client.expect("pong").await["n"], 6, "{name}: still open");
         pusher.close(&endpoint, &id).await.unwrap();
         assert_eq!(client.expect_closed().await, 1000, "{name}");
         app.harness.gateway.settled().await;
     }
+}
+
+/// A refusal is a failure of its own: not gone (the connection is kept), not too large.
+#[track_caller]
+fn assert_refused(pusher: &str, result: Result<(), PushError>) {
+    assert!(
+        matches!(result, Err(PushError::Other(_))),
+        "{pusher}: {result:?}"
+    );
 }
 
 /// One broadcast to a séance holding: a guest who receives it, a host whose push API

@@ -72,6 +72,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// What the direct pusher reports, as the SDK pusher reports the same refusal.
+    fn error(self) -> PushError {
+        PushError::Other(format!("@connections refused: {self:?}"))
+    }
+
     fn response(self) -> Response {
         let (status, error_type, message) = match self {
             Self::Forbidden => (StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden"),
@@ -166,11 +171,17 @@ impl Gateway {
 
     /// The next `times` `@connections` calls for this connection (either way of pushing)
     /// are refused as API Gateway refuses them, for tests of what the pushers make of it.
+    /// Zero times clears what was set.
     pub fn refuse(&self, connection_id: &str, refusal: Refusal, times: usize) {
-        self.refusals
+        let mut refusals = self
+            .refusals
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(connection_id.to_owned(), (refusal, times));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if times == 0 {
+            refusals.remove(connection_id);
+        } else {
+            refusals.insert(connection_id.to_owned(), (refusal, times));
+        }
     }
 
     /// Takes one refusal for this connection, if any is left.
@@ -356,9 +367,7 @@ impl Pusher for DirectPusher {
         while let Some(refusal) = gateway.take_refusal(connection_id) {
             attempts += 1;
             if refusal != Refusal::Throttled || attempts == 2 {
-                return Err(PushError::Other(format!(
-                    "@connections refused: {refusal:?}"
-                )));
+                return Err(refusal.error());
             }
         }
         if gateway.is_stalled(connection_id) {
@@ -377,9 +386,7 @@ impl Pusher for DirectPusher {
     async fn close(&self, _endpoint: &str, connection_id: &str) -> Result<(), PushError> {
         let gateway = self.gateway()?;
         if let Some(refusal) = gateway.take_refusal(connection_id) {
-            return Err(PushError::Other(format!(
-                "@connections refused: {refusal:?}"
-            )));
+            return Err(refusal.error());
         }
         let sockets = gateway.sockets();
         let socket = sockets.get(connection_id).ok_or(PushError::Gone)?;
