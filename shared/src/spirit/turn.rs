@@ -769,3 +769,59 @@ impl Deadline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now_ms() -> i64 {
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        i64::try_from(since_epoch.as_millis()).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_deadline_allows_a_quarter_of_an_hour() {
+        let before = now_ms();
+        let deadline = Deadline::from_epoch_ms(0);
+        let after = now_ms();
+        let quarter = 15 * 60 * 1000;
+        assert!(
+            (before + quarter..=after + quarter).contains(&deadline.epoch_ms),
+            "{} is not a quarter of an hour after {before}",
+            deadline.epoch_ms
+        );
+        let left = deadline.at.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(15 * 60 - 5) && left <= Duration::from_secs(15 * 60),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn a_known_deadline_is_kept_as_given() {
+        let given = now_ms() + 42_000;
+        let deadline = Deadline::from_epoch_ms(u64::try_from(given).unwrap());
+        assert_eq!(deadline.epoch_ms, given);
+        let left = deadline.at.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(37) && left <= Duration::from_secs(42),
+            "{left:?}"
+        );
+        // One already past leaves nothing, and does not wrap around.
+        let past = Deadline::from_epoch_ms(1_000);
+        assert_eq!(past.epoch_ms, 1_000);
+        assert!(past.at <= Instant::now());
+    }
+
+    #[test]
+    fn complete_words_end_at_the_last_whitespace_after_a_word() {
+        assert_eq!(complete_end("THE SEA"), Some(3));
+        assert_eq!(complete_end("THE SEA "), Some(7));
+        assert_eq!(complete_end("ab\ncd"), Some(2));
+        // Nothing whole yet: no whitespace, or only whitespace before it.
+        assert_eq!(complete_end("SEA"), None);
+        assert_eq!(complete_end("  SEA"), None);
+        assert_eq!(complete_end(""), None);
+        assert_eq!(complete_end("   "), None);
+    }
+}
