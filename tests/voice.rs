@@ -371,6 +371,73 @@ async fn elevenlabs_speech_drives_the_board() {
     assert!(first_audio < last_token, "interleaved with the tokens");
 }
 
+/// Audio goes out in as few messages as fit API Gateway's 32 KB frame: the piece that
+/// carries a long answer's pan track in smaller parts, so the track fits beside them, and
+/// a piece without one in parts of 18 KiB (24 KB of base64); every message fits a frame
+/// for every seat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_answers_and_long_audio_fill_frames_without_overflowing_them() {
+    let answer = "Remember lighthouse keepers daughters waiting beside freezing harbours \
+                  stones whilst northern thunderstorms gathering beyond forgotten treacherous \
+                  reefs tonight whispering ancient secrets across moonless waters towards";
+    assert_eq!(answer.split_whitespace().count(), 25, "Madame Veyra's limit");
+    let model = MockLlm::start(vec![stream(gemini_stream(&[answer], "STOP"))]).await;
+    // All of it heard in the first piece, so its whole pan track rides on that piece.
+    let spoken: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let trailing: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
+    let pieces: [(&[u8], Option<Value>); 2] = [
+        (&spoken, Some(elevenlabs_alignment(answer, 0.0, 0.05))),
+        (&trailing, None),
+    ];
+    let voice = MockLlm::start(vec![ndjson(&pieces, false)]).await;
+    let app = spoken_app(&model, &voice).await;
+    let mut table = table(app, "madame-veyra", &["Ada", "Bob", "Cy"]).await;
+    let events = one_answer(&mut table, "Who waits by the sea?").await;
+    let bob = table.clients[1].collect_until("spirit_response", 1).await;
+    let response = response_of(&events);
+    assert_eq!(response["message"]["content"], answer);
+    let (bytes, track) = reassemble(&events, &response);
+    assert_eq!(bytes, [spoken.clone(), trailing.clone()].concat());
+    let (bob_bytes, _) = reassemble(&bob, &response_of(&bob));
+    assert_eq!(bob_bytes, bytes);
+    let track_bytes = serde_json::to_string(&track).unwrap().len();
+    assert!(track_bytes > 7 * 1024, "a long track: {track_bytes} bytes");
+
+    let sizes: Vec<usize> = audio_events(&events)
+        .iter()
+        .map(|e| {
+            base64::engine::general_purpose::STANDARD
+                .decode(e["audio_base64"].as_str().unwrap())
+                .unwrap()
+                .len()
+        })
+        .collect();
+    // The first piece's parts, then the trailing piece's.
+    let mut sum = 0;
+    let split = sizes
+        .iter()
+        .position(|n| {
+            sum += n;
+            sum == spoken.len()
+        })
+        .unwrap()
+        + 1;
+    let (first, second) = sizes.split_at(split);
+    assert!(
+        first[..first.len() - 1].iter().all(|n| *n == first[0]),
+        "{first:?}"
+    );
+    assert_eq!(second, [18 * 1024, 18 * 1024, 40_000 - 36 * 1024]);
+    // The message with the track is filled close to the frame, for every listener.
+    for listener in [&events, &bob] {
+        let with_track = audio_events(listener)[0].to_string().len();
+        assert!(
+            (26 * 1024..=32 * 1024).contains(&with_track),
+            "{with_track} bytes"
+        );
+    }
+}
+
 /// 401, 429, 500 or a stream cut before any audio: the text answer and the planchette are
 /// exactly what they are without a voice, and no audio goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
