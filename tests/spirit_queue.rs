@@ -1,19 +1,20 @@
 //! The spirit's turn through a queue: `ws-message` only accepts, a worker answers from an
 //! SQS FIFO queue (moto's server, started by `tests/run`, through `aws-sdk-sqs`), the
-//! database decides what is answered and answers it once, whatever the queue redelivers,
-//! and the harness shows API Gateway's own frames when a handler is slow or fails.
+//! database decides what is answered and answers it once, whatever the queue redelivers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::event::sqs::SqsEvent;
 use local_dev::event_source::SqsEventSource;
 use seance::config::{Config, Secret, SpiritProviderConfig};
 use seance::domain::TurnState;
 use seance::spirit::queue::Ticket;
+use seance::spirit::turn::MAX_ATTEMPTS;
+use seance::store::Claim;
 use seance_tests::mock_llm::{MockLlm, Reply, gemini_stream, stream};
 use seance_tests::turns::{Table, ask, everyone_hears, table};
 use seance_tests::{
@@ -501,6 +502,43 @@ async fn a_model_slower_than_the_deadline_gets_the_fallback_in_time() {
     assert_eq!(mock.requests().len(), 1, "the model was asked");
 }
 
+/// A question claimed `MAX_ATTEMPTS` times without a reply (each attempt died) is given
+/// to the model once more; one claimed more often than that gets the fallback at once,
+/// the model unasked: whatever killed those attempts is not given another go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_whose_attempts_keep_dying_gets_the_fallback() {
+    for (died, model_asked) in [(MAX_ATTEMPTS - 1, true), (MAX_ATTEMPTS, false)] {
+        let mock = MockLlm::start(vec![stream(gemini_stream(&["Fair ", "winds."], "STOP"))]).await;
+        let app = without_event_source(gemini(test_config("sqlite::memory:", None), &mock)).await;
+        let mut table = table(app, "captain-hollow", &["Ada"]).await;
+        table.clients[0].send_json(ask("Where is the ship?")).await;
+        let received = table.clients[0].expect("message_received").await;
+        let ticket = ticket_for(&received);
+        // Each attempt that died claimed it until a moment already past.
+        for attempt in 1..=died {
+            match table
+                .app
+                .store()
+                .claim_next_question(ticket.session_id, 0)
+                .await
+                .unwrap()
+            {
+                Claim::Claimed(claimed) => assert_eq!(claimed.attempts, attempt),
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        let spirit = table.app.harness.app.spirit_worker();
+        let response = spirit.handle_batch(sqs_event(&[ticket]), 0).await;
+        assert!(response.batch_item_failures.is_empty());
+        let answer = table.clients[0].expect("spirit_response").await;
+        assert_eq!(answer["fallback"], !model_asked, "after {died} attempts");
+        assert_eq!(mock.requests().len(), usize::from(model_asked));
+        if model_asked {
+            assert_eq!(answer["message"]["content"], "Fair winds.");
+        }
+    }
+}
+
 /// Questions of a session that ended before the spirit got to them are never sent to the
 /// model; their messages are done with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,60 +662,4 @@ async fn batch_failures_follow_fifo_rules() {
         .map(|f| f.item_identifier)
         .collect();
     assert_eq!(failed, ["message-0", "message-1"]);
-}
-
-// ---------------------------------------------------------------------------------------
-// API Gateway's own frames.
-
-/// A route handler still running at the integration timeout: the client gets API
-/// Gateway's timeout frame and the handler runs on; a handler that fails: its
-/// `Internal server error` frame. (Every other test's client fails on either frame.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_harness_sends_api_gateways_own_frames() {
-    let app = spawn_app_configured(Backend::Sqlite, |config| {
-        config.ws_integration_timeout = Duration::from_millis(200);
-    })
-    .await;
-    let ticket = app.create_session(None).await;
-    let mut client = seance_tests::ws::WsClient::connect(&app.ws_url(&ticket))
-        .await
-        .unwrap();
-    client.sync(None).await;
-
-    let (finished_tx, finished) = tokio::sync::oneshot::channel::<()>();
-    let finished_tx = Arc::new(std::sync::Mutex::new(Some(finished_tx)));
-    app.harness
-        .gateway
-        .replace_message_handler(Arc::new(move |_app, _event| {
-            let finished_tx = finished_tx.clone();
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Some(tx) = finished_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
-                ApiGatewayProxyResponse::default()
-            })
-        }));
-    client.send_json(json!({"type": "ping"})).await;
-    let frame = client.expect_gateway_frame().await;
-    assert_eq!(frame["message"], "Endpoint request timed out");
-    assert!(frame["connectionId"].as_str().unwrap().ends_with('='));
-    let first_request = frame["requestId"].as_str().unwrap().to_owned();
-    assert!(first_request.len() >= 16, "{first_request}");
-    assert!(frame.get("type").is_none());
-    finished
-        .await
-        .expect("the handler ran on after the timeout");
-
-    app.harness
-        .gateway
-        .replace_message_handler(Arc::new(|_app, _event| {
-            Box::pin(async move { panic!("a handler that fails") })
-        }));
-    client.send_json(json!({"type": "ping"})).await;
-    let frame = client.expect_gateway_frame().await;
-    assert_eq!(frame["message"], "Internal server error");
-    assert!(frame["connectionId"].is_string());
-    let second_request = frame["requestId"].as_str().unwrap();
-    assert_ne!(second_request, first_request, "each request has its own id");
 }

@@ -380,7 +380,11 @@ async fn long_answers_and_long_audio_fill_frames_without_overflowing_them() {
     let answer = "Remember lighthouse keepers daughters waiting beside freezing harbours \
                   stones whilst northern thunderstorms gathering beyond forgotten treacherous \
                   reefs tonight whispering ancient secrets across moonless waters towards";
-    assert_eq!(answer.split_whitespace().count(), 25, "Madame Veyra's limit");
+    assert_eq!(
+        answer.split_whitespace().count(),
+        25,
+        "Madame Veyra's limit"
+    );
     let model = MockLlm::start(vec![stream(gemini_stream(&[answer], "STOP"))]).await;
     // All of it heard in the first piece, so its whole pan track rides on that piece.
     let spoken: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();

@@ -1009,3 +1009,93 @@ seance_tests::on_both_backends!(
     stopping_postgres,
     stopping_sqlite: a_stopping_harness_disconnects_everyone_first
 );
+
+// ---------------------------------------------------------------------------------------
+// API Gateway's own frames.
+
+/// A route handler still running at the integration timeout: the client gets API
+/// Gateway's timeout frame and the handler runs on; a handler that fails: its
+/// `Internal server error` frame. (Every other test's client fails on either frame.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_sends_api_gateways_own_frames() {
+    let app = spawn_app_configured(Backend::Sqlite, |config| {
+        config.ws_integration_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let ticket = app.create_session(None).await;
+    let mut client = WsClient::connect(&app.ws_url(&ticket)).await.unwrap();
+    client.sync(None).await;
+
+    let (finished_tx, finished) = tokio::sync::oneshot::channel::<()>();
+    let finished_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(finished_tx)));
+    app.harness
+        .gateway
+        .replace_message_handler(std::sync::Arc::new(move |_app, _event| {
+            let finished_tx = finished_tx.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(tx) = finished_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                aws_lambda_events::apigw::ApiGatewayProxyResponse::default()
+            })
+        }));
+    client.send_json(json!({"type": "ping"})).await;
+    let frame = client.expect_gateway_frame().await;
+    assert_eq!(frame["message"], "Endpoint request timed out");
+    assert!(frame["connectionId"].as_str().unwrap().ends_with('='));
+    let first_request = frame["requestId"].as_str().unwrap().to_owned();
+    assert!(first_request.len() >= 16, "{first_request}");
+    assert!(frame.get("type").is_none());
+    finished
+        .await
+        .expect("the handler ran on after the timeout");
+
+    app.harness
+        .gateway
+        .replace_message_handler(std::sync::Arc::new(|_app, _event| {
+            Box::pin(async move { panic!("a handler that fails") })
+        }));
+    client.send_json(json!({"type": "ping"})).await;
+    let frame = client.expect_gateway_frame().await;
+    assert_eq!(frame["message"], "Internal server error");
+    assert!(frame["connectionId"].is_string());
+    let second_request = frame["requestId"].as_str().unwrap();
+    assert_ne!(second_request, first_request, "each request has its own id");
+}
+
+/// `settled`, which tests wait on instead of a clock, waits while a message-route
+/// invocation runs and returns once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_waits_for_running_invocations() {
+    use futures_util::FutureExt;
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let ticket = app.create_session(None).await;
+    let mut client = WsClient::connect(&app.ws_url(&ticket)).await.unwrap();
+    client.sync(None).await;
+    let gateway = app.harness.gateway.clone();
+    gateway.settled().await;
+
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let hooks = std::sync::Arc::new(std::sync::Mutex::new(Some((started_tx, released))));
+    gateway.replace_message_handler(std::sync::Arc::new(move |_app, _event| {
+        let hooks = hooks.lock().unwrap().take();
+        Box::pin(async move {
+            if let Some((started_tx, released)) = hooks {
+                let _ = started_tx.send(());
+                let _ = released.await;
+            }
+            aws_lambda_events::apigw::ApiGatewayProxyResponse::default()
+        })
+    }));
+    client.send_json(json!({"type": "ping"})).await;
+    started.await.unwrap();
+    assert!(
+        gateway.settled().now_or_never().is_none(),
+        "settled while an invocation runs"
+    );
+    release.send(()).unwrap();
+    gateway.settled().await;
+}

@@ -118,9 +118,9 @@ impl Spirit {
             };
             if session.status == SessionStatus::Ended {
                 let dropped = self.store.drop_unanswered(session_id).await?;
-                if dropped > 0 {
-                    tracing::info!(%session_id, dropped, "the session ended; its questions go unanswered");
-                }
+                // One line whether or not any were dropped: a turn that finds its session
+                // ended is worth noting either way.
+                tracing::info!(%session_id, dropped, "the session ended; its questions go unanswered");
                 return Ok(());
             }
             let claimed = match self
@@ -170,9 +170,9 @@ impl Spirit {
     ) -> Result<(), TurnError> {
         let question = &claimed.message;
         let session_id = question.session_id;
-        if claimed.attempts > 1 {
-            tracing::info!(question_id = %question.id, attempts = claimed.attempts, "answering again after an attempt that stored no reply");
-        }
+        // `attempts` above 1: the earlier ones died before they stored a reply.
+        let attempts = claimed.attempts;
+        tracing::info!(question_id = %question.id, attempts, "the spirit takes the question");
         self.broadcaster
             .broadcast(
                 endpoint,
