@@ -442,6 +442,37 @@ async fn long_answers_and_long_audio_fill_frames_without_overflowing_them() {
     }
 }
 
+/// A spoken answer is collected whole before it is spoken and cut at the persona's word
+/// limit on a word boundary: a model that streams the last allowed word in two pieces
+/// gets that word whole, and nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoken_answer_is_cut_at_the_word_limit_with_its_last_word_whole() {
+    // Captain Hollow's limit is 12 words; the 12th arrives as "light" + "house".
+    let model = MockLlm::start(vec![stream(gemini_stream(
+        &[
+            "Steer north past the reef and the wreck to the old light",
+            "house then home",
+        ],
+        "STOP",
+    ))])
+    .await;
+    let voice = MockLlm::start(vec![ndjson(&[(b"\xff\xfbwaves", None)], false)]).await;
+    let app = spoken_app(&model, &voice).await;
+    let mut table = table(app, "captain-hollow", &["Ada"]).await;
+    let events = one_answer(&mut table, "Which way?").await;
+    let response = response_of(&events);
+    assert_eq!(
+        response["message"]["content"],
+        "Steer north past the reef and the wreck to the old lighthouse"
+    );
+    assert_eq!(
+        voice.requests()[0].body["text"],
+        "Steer north past the reef and the wreck to the old lighthouse",
+        "the voice speaks what is stored"
+    );
+    check_transcript(&events);
+}
+
 /// 401, 429, 500 or a stream cut before any audio: the text answer and the planchette are
 /// exactly what they are without a voice, and no audio goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1010,6 +1010,31 @@ seance_tests::on_both_backends!(
     stopping_sqlite: a_stopping_harness_disconnects_everyone_first
 );
 
+/// `close_all` (what stopping runs) returns once every socket is closed and every
+/// `$disconnect` has run, not when the closes have merely been asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_every_socket_waits_for_each_disconnect() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let connections = app.harness.app.connections.clone();
+    let created = app.create_session(None).await;
+    let session = created["session"]["id"].as_str().unwrap().to_owned();
+    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
+    host.sync(None).await;
+    let guest_ticket = app.join_ticket(&session, "Guest").await;
+    let mut guest = WsClient::connect(&app.ws_url(&guest_ticket)).await.unwrap();
+    guest.sync(None).await;
+    let session_id = session.parse().unwrap();
+
+    app.harness.gateway.close_all().await;
+    assert_eq!(app.harness.gateway.open_sockets(), 0);
+    assert!(
+        connections.in_session(session_id).await.unwrap().is_empty(),
+        "every $disconnect ran before close_all returned"
+    );
+    assert_eq!(host.expect_closed().await, 1000);
+    assert_eq!(guest.expect_closed().await, 1000);
+}
+
 // ---------------------------------------------------------------------------------------
 // API Gateway's own frames.
 

@@ -229,12 +229,12 @@ impl Gateway {
         for socket in self.sockets().values() {
             let _ = socket.outbound.send(Outbound::Close);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && (self.open_sockets() > 0 || self.in_flight.available_permits() < MAX_IN_FLIGHT)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Woken as each socket's task ends (no polling); bounded, so that a `$disconnect`
+        // that hangs cannot keep the harness from stopping. `all_closed` is at the end of
+        // the file: cargo-mutants names each mutant by its line, and putting it there kept
+        // the names (and the recorded results) of everything else.
+        let everything_closed = all_closed(self);
+        let _ = tokio::time::timeout(Duration::from_secs(5), everything_closed).await;
     }
 
     fn request_context(
@@ -598,8 +598,8 @@ async fn run_socket(
     };
     let _done = closing.unwrap_or_else(|| Running::start(&gateway));
     let _ = sink.close().await;
-    gateway.sockets().remove(&connection_id);
     let _permit = gateway.in_flight.acquire().await;
+    gateway.sockets().remove(&connection_id);
     let mut context = gateway.request_context(
         &connection_id,
         "$disconnect",
@@ -816,6 +816,19 @@ async fn delete_connection_staged(
     Path((_stage, id)): Path<(String, String)>,
 ) -> Response {
     delete_connection(state, Path(id)).await
+}
+
+/// Waits until no socket is open and no `$disconnect` is running (`Gateway::close_all`).
+/// Each socket's task takes an `in_flight` permit before it leaves `sockets` and holds it
+/// through its `$disconnect`; then its `Running` ends, which wakes this.
+async fn all_closed(gateway: &Gateway) {
+    loop {
+        let ran = gateway.ran.notified();
+        if gateway.open_sockets() == 0 && gateway.in_flight.available_permits() == MAX_IN_FLIGHT {
+            return;
+        }
+        ran.await;
+    }
 }
 
 #[cfg(test)]
