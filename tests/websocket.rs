@@ -979,12 +979,8 @@ seance_tests::on_mixed_backends!(
     sync_after_resumes_without_gaps,
 );
 
-/// Stopping the harness (Ctrl-C) closes every socket as the server (1000) and runs each
-/// one's `$disconnect` before it returns: the connection records are gone and the others
-/// heard `user_left`.
-async fn a_stopping_harness_disconnects_everyone_first(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let connections = app.harness.app.connections.clone();
+/// A host and a guest, connected and synced in one séance.
+async fn host_and_guest(app: &TestApp) -> (Uuid, WsClient, WsClient) {
     let created = app.create_session(None).await;
     let session = created["session"]["id"].as_str().unwrap().to_owned();
     let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
@@ -992,7 +988,16 @@ async fn a_stopping_harness_disconnects_everyone_first(backend: Backend) {
     let guest_ticket = app.join_ticket(&session, "Guest").await;
     let mut guest = WsClient::connect(&app.ws_url(&guest_ticket)).await.unwrap();
     guest.sync(None).await;
-    let session_id = session.parse().unwrap();
+    (session.parse().unwrap(), host, guest)
+}
+
+/// Stopping the harness (Ctrl-C) closes every socket as the server (1000) and runs each
+/// one's `$disconnect` before it returns: the connection records are gone and the others
+/// heard `user_left`.
+async fn a_stopping_harness_disconnects_everyone_first(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let connections = app.harness.app.connections.clone();
+    let (session_id, mut host, mut guest) = host_and_guest(&app).await;
     assert_eq!(connections.in_session(session_id).await.unwrap().len(), 2);
     assert_eq!(app.harness.gateway.open_sockets(), 2);
 
@@ -1015,24 +1020,24 @@ seance_tests::on_both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_every_socket_waits_for_each_disconnect() {
     let app = spawn_app(Backend::Sqlite).await;
-    let connections = app.harness.app.connections.clone();
-    let created = app.create_session(None).await;
-    let session = created["session"]["id"].as_str().unwrap().to_owned();
-    let mut host = WsClient::connect(&app.ws_url(&created)).await.unwrap();
-    host.sync(None).await;
-    let guest_ticket = app.join_ticket(&session, "Guest").await;
-    let mut guest = WsClient::connect(&app.ws_url(&guest_ticket)).await.unwrap();
-    guest.sync(None).await;
-    let session_id = session.parse().unwrap();
+    let (session_id, mut host, mut guest) = host_and_guest(&app).await;
 
     app.harness.gateway.close_all().await;
     assert_eq!(app.harness.gateway.open_sockets(), 0);
     assert!(
-        connections.in_session(session_id).await.unwrap().is_empty(),
+        app.harness
+            .app
+            .connections
+            .in_session(session_id)
+            .await
+            .unwrap()
+            .is_empty(),
         "every $disconnect ran before close_all returned"
     );
-    assert_eq!(host.expect_closed().await, 1000);
-    assert_eq!(guest.expect_closed().await, 1000);
+    assert_eq!(
+        (host.expect_closed().await, guest.expect_closed().await),
+        (1000, 1000)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
