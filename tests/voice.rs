@@ -554,14 +554,44 @@ async fn identical_answers_are_synthesised_once(backend: Backend) {
     let mut table = table(app, "captain-hollow", &["Ada"]).await;
     let first = one_answer(&mut table, "Is the tide turning?").await;
     let second = one_answer(&mut table, "Is the wind rising?").await;
-    for events in [&first, &second] {
+    // A third: the cache still holds the audio after serving it once.
+    let third = one_answer(&mut table, "Is the moon full?").await;
+    for events in [&first, &second, &third] {
         let response = response_of(events);
         assert_eq!(response["message"]["content"], "YES");
         assert_eq!(response["planchette"][0]["symbol"], "YES");
         let (bytes, _) = reassemble(events, &response);
         assert_eq!(bytes, b"\xff\xfbyes");
     }
-    assert_eq!(voice.requests().len(), 1, "the second came from the cache");
+    assert_eq!(voice.requests().len(), 1, "the others came from the cache");
+}
+
+/// A voice that answers without any audio leaves nothing in the cache: the same answer
+/// later is synthesised again, and spoken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_that_gave_no_audio_is_asked_again() {
+    let model = MockLlm::start(vec![stream(gemini_stream(&["NO"], "STOP"))]).await;
+    let voice = MockLlm::start(vec![
+        ndjson(&[], false),
+        ndjson(
+            &[(b"\xff\xfbno", Some(elevenlabs_alignment("NO", 0.0, 0.2)))],
+            false,
+        ),
+    ])
+    .await;
+    let app = spoken_app(&model, &voice).await;
+    let mut table = table(app, "captain-hollow", &["Ada"]).await;
+    let silent = one_answer(&mut table, "Will the storm pass?").await;
+    assert!(audio_events(&silent).is_empty());
+    assert_eq!(response_of(&silent)["message"]["content"], "NO");
+    let spoken = one_answer(&mut table, "Will the mast hold?").await;
+    let (bytes, _) = reassemble(&spoken, &response_of(&spoken));
+    assert_eq!(bytes, b"\xff\xfbno");
+    assert_eq!(
+        voice.requests().len(),
+        2,
+        "nothing was cached the first time"
+    );
 }
 
 seance_tests::on_both_backends!(
