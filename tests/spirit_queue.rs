@@ -539,6 +539,72 @@ async fn a_question_whose_attempts_keep_dying_gets_the_fallback() {
     }
 }
 
+/// What the model is shown of the conversation: questions asked one after the other, with
+/// no answer between them, as one turn of the living (one JSON line each); a window of
+/// history that begins with the spirit's words begins at the first question after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_sees_the_conversation_in_turns() {
+    let mock = MockLlm::start(vec![stream(gemini_stream(&["Fair ", "winds."], "STOP"))]).await;
+    let mut config = gemini(test_config("sqlite::memory:", None), &mock);
+    config.spirit.history = 2;
+    let app = without_event_source(config).await;
+    let mut table = table(app, "captain-hollow", &["Ada", "Bob"]).await;
+    table.clients[0].send_json(ask("Where is the ship?")).await;
+    let first = table.clients[0].expect("message_received").await;
+    table.clients[1].send_json(ask("Who sails her?")).await;
+    table.clients[0].expect("message_received").await;
+    // Nothing answers until the queue's message is handled: both questions wait.
+    let spirit = table.app.harness.app.spirit_worker();
+    let response = spirit
+        .handle_batch(sqs_event(&[ticket_for(&first)]), 0)
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    table.clients[0].collect_until("spirit_response", 2).await;
+
+    table.clients[0].send_json(ask("Is she near?")).await;
+    let third = table.clients[0].expect("message_received").await;
+    let response = spirit
+        .handle_batch(sqs_event(&[ticket_for(&third)]), 0)
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    table.clients[0].expect("spirit_response").await;
+
+    let turns = |request: usize| -> Vec<(String, String)> {
+        mock.requests()[request].body["contents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["role"].as_str().unwrap().to_owned(),
+                    c["parts"][0]["text"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let line =
+        |asker: &str, question: &str| json!({"asker": asker, "question": question}).to_string();
+    assert_eq!(mock.requests().len(), 3);
+    assert_eq!(
+        turns(0),
+        [("user".into(), line("Ada", "Where is the ship?"))]
+    );
+    // The first answer came after the second question: not part of its history.
+    assert_eq!(
+        turns(1),
+        [(
+            "user".into(),
+            format!(
+                "{}\n{}",
+                line("Ada", "Where is the ship?"),
+                line("Bob", "Who sails her?")
+            )
+        )]
+    );
+    // The last two messages before the third question are both answers.
+    assert_eq!(turns(2), [("user".into(), line("Ada", "Is she near?"))]);
+}
+
 /// Questions of a session that ended before the spirit got to them are never sent to the
 /// model; their messages are done with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
