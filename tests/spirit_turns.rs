@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use seance::config::{Secret, SpiritProviderConfig};
+use seance::config::{Secret, SpiritProviderConfig, VoiceConfig};
 use seance_tests::mock_llm::{MockLlm, Reply, gemini_blocked, gemini_error, gemini_stream, stream};
 use seance_tests::turns::{ask, check_transcript, table};
 use seance_tests::{Backend, TestApp, spawn_app_configured};
@@ -14,9 +14,15 @@ use serde_json::{Value, json};
 
 const ORACLE_DELAY: Duration = Duration::from_millis(40);
 
+/// The oracle answering. On PostgreSQL the answers are streamed as text (no voice); on
+/// SQLite they are spoken by the offline voice, the harness's default: the two ways a turn
+/// goes out, each through every test that runs on both backends.
 async fn oracle_app(backend: Backend) -> TestApp {
-    spawn_app_configured(backend, |config| {
-        config.spirit.oracle_word_delay = ORACLE_DELAY
+    spawn_app_configured(backend, move |config| {
+        config.spirit.oracle_word_delay = ORACLE_DELAY;
+        if backend == Backend::Postgres {
+            config.voice = VoiceConfig::None;
+        }
     })
     .await
 }
@@ -211,8 +217,15 @@ async fn two_ws_message_instances_sharing_one_queue() {
 }
 
 async fn gemini_app(mock: &MockLlm, deadline: Duration) -> TestApp {
+    gemini_app_voiced(mock, deadline, VoiceConfig::Offline).await
+}
+
+/// With `VoiceConfig::None`, answers are streamed as the model writes them (the harness's
+/// default, the offline voice, collects each answer first and speaks it).
+async fn gemini_app_voiced(mock: &MockLlm, deadline: Duration, voice: VoiceConfig) -> TestApp {
     let base_url = mock.base_url.clone();
     spawn_app_configured(Backend::Sqlite, move |config| {
+        config.voice = voice;
         config.spirit.provider = SpiritProviderConfig::Gemini {
             api_key: Secret::new("test-gemini-key"),
             model: "gemini-flash-latest".into(),
@@ -225,6 +238,15 @@ async fn gemini_app(mock: &MockLlm, deadline: Duration) -> TestApp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gemini_model_streams_its_own_answers() {
+    gemini_answers(VoiceConfig::Offline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_model_streams_its_own_answers_as_text() {
+    gemini_answers(VoiceConfig::None).await;
+}
+
+async fn gemini_answers(voice: VoiceConfig) {
     let mock = MockLlm::start(vec![
         stream(gemini_stream(
             &["The tide ", "turns at ", "midnight, ", "crew."],
@@ -240,7 +262,7 @@ async fn a_gemini_model_streams_its_own_answers() {
         )),
     ])
     .await;
-    let app = gemini_app(&mock, Duration::from_secs(5)).await;
+    let app = gemini_app_voiced(&mock, Duration::from_secs(5), voice).await;
     let health: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health["spirit"], "gemini (gemini-flash-latest)");
     let mut table = table(app, "captain-hollow", &["Ada", "Bob"]).await;
@@ -282,6 +304,37 @@ async fn a_gemini_model_streams_its_own_answers() {
             "The tide turns at midnight, crew.",
             r#"{"asker":"Bob","question":"Count for me"}"#
         ]
+    );
+}
+
+/// A model that streams faster than the board is pushed to has its words batched (one
+/// `spirit_token` per 100 ms at most, whole words each): eleven pieces at once make a
+/// handful of tokens, not eleven, and they add up to the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_stream_is_batched_into_few_tokens() {
+    let words = [
+        "Ships ", "pass ", "in ", "the ", "night ", "and ", "speak ", "each ", "other ", "in ",
+        "passing",
+    ];
+    let mock = MockLlm::start(vec![Reply::Stream {
+        events: gemini_stream(&words, "STOP"),
+        delay: Duration::ZERO,
+        cut: false,
+    }])
+    .await;
+    let app = gemini_app_voiced(&mock, Duration::from_secs(5), VoiceConfig::None).await;
+    let mut table = table(app, "captain-hollow", &["Ada"]).await;
+    table.clients[0].send_json(ask("What passes?")).await;
+    let events = table.clients[0].collect_until("spirit_response", 1).await;
+    assert_eq!(check_transcript(&events)[0].1, words.concat());
+    let tokens = events
+        .iter()
+        .filter(|e| e["type"] == "spirit_token")
+        .count();
+    assert!(
+        (1..=4).contains(&tokens),
+        "{} pieces in {tokens} tokens",
+        words.len()
     );
 }
 
@@ -435,7 +488,7 @@ async fn an_openai_compatible_model_streams_its_own_answers() {
 async fn a_join_during_a_streamed_answer_gets_in() {
     let app = spawn_app_configured(Backend::Postgres, |config| {
         config.spirit.oracle_word_delay = Duration::from_millis(150);
-        config.voice = seance::config::VoiceConfig::None;
+        config.voice = VoiceConfig::None;
     })
     .await;
     let mut table = table(app, "madame-veyra", &["Ada"]).await;

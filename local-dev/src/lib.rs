@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use seance::App;
 use seance::app::StartupError;
 use seance::config::{Config, JwtSecret};
@@ -211,6 +212,14 @@ pub async fn spawn_with(
     let (stop, stopped) = oneshot::channel::<()>();
     let closing = gateway.clone();
     let server = tokio::spawn(async move {
+        // Without TCP_NODELAY, each small frame after the first waits for the client's
+        // delayed ACK (up to 200 ms on loopback) when several go out in a row, as a
+        // streamed answer's do; API Gateway's own sockets do not hold frames back.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(%err, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -63,6 +64,11 @@ impl MockLlm {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // Each streamed event goes out at once, as the real services' do (without
+        // TCP_NODELAY, loopback holds small writes back for the client's delayed ACK).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
