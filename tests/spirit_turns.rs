@@ -252,14 +252,20 @@ async fn gemini_answers(voice: VoiceConfig) {
             &["The tide ", "turns at ", "midnight, ", "crew."],
             "STOP",
         )),
-        // Far more than the captain's 12 words: cut.
-        stream(gemini_stream(
-            &[
-                "one two three four five six seven eight ",
-                "nine ten eleven twelve thirteen fourteen fifteen",
-            ],
-            "STOP",
-        )),
+        // Far more than the captain's 12 words: cut, and the model is not waited for once
+        // it has given them (its next piece would come after the 5 s deadline, and waiting
+        // for it would turn the answer into the fallback).
+        Reply::Stream {
+            events: gemini_stream(
+                &[
+                    "one two three four five six seven eight nine ten eleven twelve thirteen ",
+                    "fourteen fifteen",
+                ],
+                "STOP",
+            ),
+            delay: Duration::from_secs(10),
+            cut: false,
+        },
     ])
     .await;
     let app = gemini_app_voiced(&mock, Duration::from_secs(5), voice).await;
@@ -288,6 +294,8 @@ async fn gemini_answers(voice: VoiceConfig) {
         answers.last().unwrap().1,
         "one two three four five six seven eight nine ten eleven twelve"
     );
+    let last = events.iter().rfind(|e| e["type"] == "spirit_response");
+    assert_eq!(last.unwrap()["fallback"], false);
 
     // The model saw the conversation so far: the first exchange, then the new question.
     let second = &mock.requests()[1].body;

@@ -282,10 +282,10 @@ impl Spirit {
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let max_words = persona.max_words.min(super::super::personas::MAX_WORDS_CAP) as usize;
         let producer = async move {
-            match tokio::time::timeout(budget, self.provider.stream(request, tx)).await {
-                Ok(result) => result,
-                Err(_) => Err(super::SpiritError::Deadline),
-            }
+            // Until the provider ends, the deadline passes, or the turn has all the words
+            // it takes (no waiting for a slow model's next piece then). `produce` is at the
+            // end of the file, where it moves no other line (mutation testing names by line).
+            produce(self.provider.as_ref(), request, tx, budget).await
         };
         let consumer = async move {
             let mut text = String::new();
@@ -429,10 +429,10 @@ impl Spirit {
     ) -> (String, Result<(), super::SpiritError>) {
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let producer = async move {
-            match tokio::time::timeout(budget, self.provider.stream(request, tx)).await {
-                Ok(result) => result,
-                Err(_) => Err(super::SpiritError::Deadline),
-            }
+            // Until the provider ends, the deadline passes, or the turn has all the words
+            // it takes (no waiting for a slow model's next piece then). `produce` is at the
+            // end of the file, where it moves no other line (mutation testing names by line).
+            produce(self.provider.as_ref(), request, tx, budget).await
         };
         let consumer = async {
             let broadcaster = &self.broadcaster;
@@ -767,6 +767,25 @@ impl Deadline {
             at: Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)),
             epoch_ms: i64::try_from(deadline_ms).unwrap_or(i64::MAX),
         }
+    }
+}
+
+/// Runs the provider under the deadline, and returns as soon as the turn has all it takes
+/// (its receiver dropped at the word limit) rather than when the provider next tries to
+/// send: a slow model must not hold up, or turn into the fallback, an answer whose words
+/// are all in.
+async fn produce(
+    provider: &dyn SpiritProvider,
+    request: &SpiritRequest,
+    out: mpsc::Sender<String>,
+    budget: Duration,
+) -> Result<(), super::SpiritError> {
+    let taken = out.clone();
+    tokio::select! {
+        result = tokio::time::timeout(budget, provider.stream(request, out)) => {
+            result.unwrap_or(Err(super::SpiritError::Deadline))
+        }
+        () = taken.closed() => Ok(()),
     }
 }
 
