@@ -176,6 +176,10 @@ async fn refused_handshakes_open_nothing(backend: Backend) {
             .err()
             .unwrap_or_else(|| panic!("{what}: opened"));
         assert_eq!(refused.status, status, "{what}: {}", refused.body);
+        // The handler's own error body comes through API Gateway's refusal.
+        let body: Value = serde_json::from_str(&refused.body)
+            .unwrap_or_else(|err| panic!("{what}: {err}: {:?}", refused.body));
+        assert!(body["error"]["code"].is_string(), "{what}: {body}");
     }
     // The right path is fine.
     let ok = WsClient::connect(&format!("{base}/{sid}?token={token}")).await;
