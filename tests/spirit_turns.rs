@@ -4,6 +4,7 @@
 //! server, in-character fallbacks, and two answerers sharing one Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use seance::config::{Secret, SpiritProviderConfig, VoiceConfig};
@@ -11,6 +12,7 @@ use seance_tests::mock_llm::{MockLlm, Reply, gemini_blocked, gemini_error, gemin
 use seance_tests::turns::{ask, check_transcript, table};
 use seance_tests::{Backend, TestApp, spawn_app_configured};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 const ORACLE_DELAY: Duration = Duration::from_millis(40);
 
@@ -343,6 +345,38 @@ async fn a_fast_stream_is_batched_into_few_tokens() {
         (1..=4).contains(&tokens),
         "{} pieces in {tokens} tokens",
         words.len()
+    );
+}
+
+/// Whole words that arrive just after a push go out once the 100 ms since it have passed,
+/// without waiting for the model's next piece: here the model pauses until the room has
+/// seen them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_go_out_without_waiting_for_the_next_piece() {
+    let release = Arc::new(Notify::new());
+    let mut first = gemini_stream(&["Fog ", "rolls in ", "tonight"], "STOP");
+    let rest = first.split_off(2);
+    let mock = MockLlm::start(vec![Reply::Held {
+        first,
+        release: release.clone(),
+        rest,
+    }])
+    .await;
+    let app = gemini_app_voiced(&mock, Duration::from_secs(5), VoiceConfig::None).await;
+    let mut table = table(app, "captain-hollow", &["Ada"]).await;
+    table.clients[0].send_json(ask("What comes?")).await;
+    assert_eq!(table.clients[0].expect("spirit_token").await["text"], "Fog");
+    assert_eq!(
+        table.clients[0].expect("spirit_token").await["text"],
+        " rolls in",
+        "sent while the model still holds the rest"
+    );
+    release.notify_one();
+    let events = table.clients[0].collect_until("spirit_response", 1).await;
+    let response = events.iter().find(|e| e["type"] == "spirit_response");
+    assert_eq!(
+        response.unwrap()["message"]["content"],
+        "Fog rolls in tonight"
     );
 }
 

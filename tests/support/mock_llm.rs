@@ -12,6 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::serve::ListenerExt;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -31,6 +32,13 @@ pub enum Reply {
     },
     /// Waits, then replies.
     Slow(Duration, Box<Reply>),
+    /// 200 with `text/event-stream`: `first` in one write, then, once the test releases
+    /// it, `rest`: a model that pauses until the test has seen what it waits for.
+    Held {
+        first: Vec<String>,
+        release: Arc<tokio::sync::Notify>,
+        rest: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +150,25 @@ async fn respond(reply: Reply) -> Response {
                 },
             );
             // With `cut`, the error item after the last event aborts the chunked body.
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap_or_default()
+        }
+        Reply::Held {
+            first,
+            release,
+            rest,
+        } => {
+            let first = futures_util::stream::once(async move { first.concat() });
+            let rest = futures_util::stream::once(async move {
+                release.notified().await;
+                rest.concat()
+            });
+            let stream = first
+                .chain(rest)
+                .map(|events| Ok::<Bytes, std::io::Error>(Bytes::from(events)));
             Response::builder()
                 .status(200)
                 .header("content-type", "text/event-stream")
