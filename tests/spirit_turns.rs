@@ -473,24 +473,32 @@ async fn a_session_has_an_hourly_question_cap() {
 /// `session_state.spirit` says what the spirit is doing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_shows_the_spirit_at_work() {
-    let app = spawn_app_configured(Backend::Postgres, |config| {
-        config.spirit.oracle_word_delay = Duration::from_millis(200);
-    })
-    .await;
-    let mut table = table(app, "madame-veyra", &["Ada", "Bob"]).await;
-    table.clients[0]
-        .send_json(ask("Tell me of the house"))
+    // Streamed as text, and spoken: either way the question is marked speaking before
+    // its first word goes out.
+    for voice in [VoiceConfig::None, VoiceConfig::Offline] {
+        let app = spawn_app_configured(Backend::Postgres, |config| {
+            config.spirit.oracle_word_delay = Duration::from_millis(200);
+            config.voice = voice;
+        })
         .await;
-    table.clients[1].expect("spirit_thinking").await;
-    let state = table.clients[1].sync(None).await;
-    assert!(
-        ["thinking", "speaking"].contains(&state["spirit"].as_str().unwrap()),
-        "{}",
-        state["spirit"]
-    );
-    table.clients[1].expect("spirit_response").await;
-    let state = table.clients[1].sync(None).await;
-    assert_eq!(state["spirit"], "idle");
+        let mut table = table(app, "madame-veyra", &["Ada", "Bob"]).await;
+        table.clients[0]
+            .send_json(ask("Tell me of the house"))
+            .await;
+        table.clients[1].expect("spirit_thinking").await;
+        let state = table.clients[1].sync(None).await;
+        assert!(
+            ["thinking", "speaking"].contains(&state["spirit"].as_str().unwrap()),
+            "{}",
+            state["spirit"]
+        );
+        table.clients[1].expect("spirit_token").await;
+        let state = table.clients[1].sync(None).await;
+        assert_eq!(state["spirit"], "speaking");
+        table.clients[1].expect("spirit_response").await;
+        let state = table.clients[1].sync(None).await;
+        assert_eq!(state["spirit"], "idle");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
