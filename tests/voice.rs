@@ -359,6 +359,27 @@ async fn elevenlabs_speech_drives_the_board() {
     .map(|(s, t)| ((*s).to_owned(), *t))
     .collect();
     assert_eq!(timed, expected, "each letter when it is heard");
+    // Each word's token carries its letters, after the pause before it.
+    let per_token: Vec<Vec<&str>> = events
+        .iter()
+        .filter(|e| e["type"] == "spirit_token")
+        .map(|t| {
+            t["planchette"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["symbol"].as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        per_token,
+        [
+            vec!["T", "H", "E"],
+            vec!["REST", "V", "E", "I", "L"],
+            vec!["REST", "L", "I", "F", "T", "S"]
+        ]
+    );
     // Audio goes out as it is produced: the first piece before the last token.
     let first_audio = events
         .iter()
