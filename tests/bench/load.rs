@@ -307,7 +307,9 @@ async fn open_member(
                     if member == 0 {
                         let content = shared.ids.lock().await.get(&question).cloned();
                         if let Some(content) = content {
-                            if let Some(pending) = shared.pending.lock().await.remove(&content)
+                            // Kept, not removed: another member may not have read the
+                            // question's `message_received` yet (its fan-out still counts).
+                            if let Some(pending) = shared.pending.lock().await.get(&content)
                                 && pending.measured
                             {
                                 let ms = (now - pending.sent).as_secs_f64() * 1000.0;
