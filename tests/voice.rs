@@ -494,6 +494,38 @@ async fn a_spoken_answer_is_cut_at_the_word_limit_with_its_last_word_whole() {
     check_transcript(&events);
 }
 
+/// A voice whose last piece carries no audio (only the timing of the last letters): the
+/// answer's audio still ends with a `last` message, an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_piece_without_audio_still_ends_the_audio() {
+    let model = MockLlm::start(vec![stream(gemini_stream(&["Hush ", "now"], "STOP"))]).await;
+    let voice = MockLlm::start(vec![ndjson(
+        &[
+            (
+                b"\xff\xfbhush",
+                Some(elevenlabs_alignment("Hush ", 0.0, 0.1)),
+            ),
+            (b"", Some(elevenlabs_alignment("now", 0.5, 0.1))),
+        ],
+        false,
+    )])
+    .await;
+    let app = spoken_app(&model, &voice).await;
+    let mut table = table(app, "captain-hollow", &["Ada"]).await;
+    let events = one_answer(&mut table, "Shall we speak?").await;
+    let response = response_of(&events);
+    assert_eq!(response["message"]["content"], "Hush now");
+    check_transcript(&events);
+    let (bytes, _) = reassemble(&events, &response);
+    assert_eq!(bytes, b"\xff\xfbhush");
+    let audio = audio_events(&events);
+    let end = audio.last().unwrap();
+    assert_eq!(
+        (end["last"].clone(), end["audio_base64"].clone()),
+        (json!(true), json!(""))
+    );
+}
+
 /// 401, 429, 500 or a stream cut before any audio: the text answer and the planchette are
 /// exactly what they are without a voice, and no audio goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
