@@ -249,24 +249,26 @@ async fn a_gemini_model_streams_its_own_answers_as_text() {
 }
 
 async fn gemini_answers(voice: VoiceConfig) {
+    let long_answer = gemini_stream(
+        &[
+            "one two three ",
+            "four five six seven eight nine ten eleven twelve thirteen ",
+            "fourteen fifteen",
+        ],
+        "STOP",
+    );
     let mock = MockLlm::start(vec![
         stream(gemini_stream(
             &["The tide ", "turns at ", "midnight, ", "crew."],
             "STOP",
         )),
-        // Far more than the captain's 12 words: cut, and the model is not waited for once
-        // it has given them (its next piece would come after the 5 s deadline, and waiting
-        // for it would turn the answer into the fallback).
-        Reply::Stream {
-            events: gemini_stream(
-                &[
-                    "one two three four five six seven eight nine ten eleven twelve thirteen ",
-                    "fourteen fifteen",
-                ],
-                "STOP",
-            ),
-            delay: Duration::from_secs(10),
-            cut: false,
+        // More than the captain's 12 words: cut in the second piece, and the model is not
+        // waited for once it has given them (its last piece never comes; waiting for it
+        // would turn the answer into the fallback at the 5 s deadline).
+        Reply::Held {
+            first: long_answer[..2].to_vec(),
+            release: Arc::new(Notify::new()),
+            rest: long_answer[2..].to_vec(),
         },
     ])
     .await;
