@@ -350,6 +350,28 @@ async fn a_fast_stream_is_batched_into_few_tokens() {
     );
 }
 
+/// Only a whole answer of YES, NO or GOODBYE sends the planchette to that corner: the
+/// same word ending a longer streamed answer is spelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_no_is_spelled_not_pointed_at() {
+    let mock = MockLlm::start(vec![stream(gemini_stream(&["Ships say ", "no"], "STOP"))]).await;
+    let app = gemini_app_voiced(&mock, Duration::from_secs(5), VoiceConfig::None).await;
+    let mut table = table(app, "captain-hollow", &["Ada"]).await;
+    table.clients[0]
+        .send_json(ask("Do the ships answer?"))
+        .await;
+    let events = table.clients[0].collect_until("spirit_response", 1).await;
+    assert_eq!(check_transcript(&events)[0].1, "Ships say no");
+    let last_token = events.iter().rfind(|e| e["type"] == "spirit_token");
+    let symbols: Vec<&str> = last_token.unwrap()["planchette"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["symbol"].as_str().unwrap())
+        .collect();
+    assert_eq!(symbols, ["REST", "N", "O"]);
+}
+
 /// Whole words that arrive just after a push go out once the 100 ms since it have passed,
 /// without waiting for the model's next piece: here the model pauses until the room has
 /// seen them.
