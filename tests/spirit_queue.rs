@@ -378,10 +378,7 @@ async fn a_worker_killed_mid_answer_is_taken_over() {
 /// never interleaved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_and_two_workers_keep_one_order() {
-    // A worker that finds the session's question held by the other reports its message
-    // failed (`TurnError::Busy`); the queue hands it out again after the visibility
-    // timeout, kept short so the test does not wait half a minute for it.
-    let queue_url = fresh_fifo_queue(3).await;
+    let queue_url = fresh_fifo_queue(30).await;
     let config = queue_config(&queue_url).await;
     let first = spawn_app_with_options(config.clone(), local_dev::Options::default()).await;
     // The second instance shares the database, Redis and queue, and pushes through the
