@@ -14,7 +14,7 @@ use seance::config::{Config, Secret, SpiritProviderConfig};
 use seance::domain::TurnState;
 use seance::spirit::queue::Ticket;
 use seance::spirit::turn::MAX_ATTEMPTS;
-use seance::store::Claim;
+use seance::store::{Claim, ReplyOutcome};
 use seance_tests::mock_llm::{MockLlm, Reply, gemini_stream, stream};
 use seance_tests::turns::{Table, ask, everyone_hears, table};
 use seance_tests::{
@@ -378,7 +378,12 @@ async fn a_worker_killed_mid_answer_is_taken_over() {
 /// never interleaved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_and_two_workers_keep_one_order() {
-    let queue_url = fresh_fifo_queue(30).await;
+    // A worker that finds the session's question held by the other reports its message
+    // failed (`TurnError::Busy`); the queue hands it out again after the visibility
+    // timeout, kept short so that a message comes back while the other worker is still
+    // answering: the case where a claim of the next question must wait until the last
+    // answer has reached the room (it once did not, and an answer interleaved).
+    let queue_url = fresh_fifo_queue(3).await;
     let config = queue_config(&queue_url).await;
     let first = spawn_app_with_options(config.clone(), local_dev::Options::default()).await;
     // The second instance shares the database, Redis and queue, and pushes through the
@@ -534,6 +539,78 @@ async fn a_question_whose_attempts_keep_dying_gets_the_fallback() {
             assert_eq!(answer["message"]["content"], "Fair winds.");
         }
     }
+}
+
+/// A worker that stored its reply and died before announcing it (its claim ran out) has
+/// not finished the turn: the next worker announces that reply, unasked of the model, and
+/// only then takes the next question, so the room hears the answers in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_stored_but_never_announced_is_announced_before_the_next_turn() {
+    let mock = MockLlm::start(vec![stream(gemini_stream(&["Fair ", "winds."], "STOP"))]).await;
+    let app = without_event_source(gemini(test_config("sqlite::memory:", None), &mock)).await;
+    let mut table = table(app, "captain-hollow", &["Ada", "Bob"]).await;
+    table.clients[0].send_json(ask("Where is the ship?")).await;
+    let first = table.clients[0].expect("message_received").await;
+    table.clients[1].send_json(ask("Who sails her?")).await;
+    let second = table.clients[0].expect("message_received").await;
+    let ticket = ticket_for(&first);
+    let session_id = ticket.session_id;
+    let store = table.app.store();
+    let Claim::Claimed(claimed) = store.claim_next_question(session_id, 0).await.unwrap() else {
+        panic!("the first question is claimed");
+    };
+    assert_eq!(claimed.message.id.to_string(), first["message"]["id"]);
+    let ReplyOutcome::Stored(stored) = store
+        .store_reply(claimed.message.id, Uuid::now_v7(), "The tide turns.".into())
+        .await
+        .unwrap()
+    else {
+        panic!("the reply is stored");
+    };
+    // The worker dies here. The queue's message comes back to another.
+    let spirit = table.app.harness.app.spirit_worker();
+    let response = spirit.handle_batch(sqs_event(&[ticket]), 0).await;
+    assert!(response.batch_item_failures.is_empty());
+    for client in &mut table.clients {
+        let events = client.collect_until("spirit_response", 2).await;
+        let turns: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e["type"] == "spirit_thinking" || e["type"] == "spirit_response")
+            .map(|e| {
+                let kind = e["type"].as_str().unwrap();
+                let question = match kind {
+                    "spirit_response" => e["message"]["in_reply_to"].as_str(),
+                    _ => e["question_id"].as_str(),
+                };
+                (kind, question.unwrap())
+            })
+            .collect();
+        let (q1, q2) = (
+            first["message"]["id"].as_str().unwrap(),
+            second["message"]["id"].as_str().unwrap(),
+        );
+        assert_eq!(
+            turns,
+            [
+                ("spirit_response", q1),
+                ("spirit_thinking", q2),
+                ("spirit_response", q2)
+            ]
+        );
+        let answers: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "spirit_response")
+            .collect();
+        assert_eq!(answers[0]["message"]["id"], stored.id.to_string());
+        assert_eq!(answers[0]["message"]["content"], "The tide turns.");
+        assert_eq!(answers[1]["message"]["content"], "Fair winds.");
+    }
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "only the second question reached the model"
+    );
+    assert_eq!(store.turn_state(session_id).await.unwrap(), None);
 }
 
 /// What the model is shown of the conversation: questions asked one after the other, with

@@ -380,22 +380,67 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         ReplyOutcome::AlreadyAnswered
     );
 
+    // Stored but not yet announced: the question still holds its turn, so no worker starts
+    // the next one before the room has heard this answer.
+    assert_eq!(
+        store.claim_next_question(session.id, far).await.unwrap(),
+        Claim::InProgress
+    );
+    store.mark_answered(ids[0]).await.unwrap();
+
     // A claim that has run out (its worker died) is taken over, with the count going up.
     let gone = seance::store::now_ms() - 1;
     let Claim::Claimed(second) = store.claim_next_question(session.id, gone).await.unwrap() else {
         panic!("the second question is next");
     };
     assert_eq!((second.message.id, second.attempts), (ids[1], 1));
-    let Claim::Claimed(again) = store.claim_next_question(session.id, far).await.unwrap() else {
+    let Claim::Claimed(again) = store.claim_next_question(session.id, gone).await.unwrap() else {
         panic!("a run-out claim is taken over");
     };
     assert_eq!((again.message.id, again.attempts), (ids[1], 2));
+
+    // Its worker stores the reply and dies before announcing it: whoever claims next
+    // announces that reply (once: the claim is still conditional) instead of answering.
+    let ReplyOutcome::Stored(stored) = store
+        .store_reply(ids[1], Uuid::now_v7(), "PERHAPS".into())
+        .await
+        .unwrap()
+    else {
+        panic!("the second reply is stored");
+    };
+    let Claim::Replied { question, reply } =
+        store.claim_next_question(session.id, far).await.unwrap()
+    else {
+        panic!("a stored reply nobody announced is handed over to announce");
+    };
+    assert_eq!((question.message.id, question.attempts), (ids[1], 3));
+    assert_eq!(reply, stored);
+    assert_eq!(
+        store.claim_next_question(session.id, far).await.unwrap(),
+        Claim::InProgress,
+        "one taker announces it"
+    );
+    store.mark_answered(ids[1]).await.unwrap();
+    assert_eq!(
+        store.claim_next_question(session.id, far).await.unwrap(),
+        Claim::Nothing
+    );
+    let mut accepting = store.begin_accept(session.id).await.unwrap();
+    accepting
+        .insert_question(Uuid::now_v7(), &host, "third".into())
+        .await
+        .unwrap();
+    accepting.commit().await.unwrap();
+    let Claim::Claimed(next) = store.claim_next_question(session.id, far).await.unwrap() else {
+        panic!("the next question is claimed once the last is settled");
+    };
+    ids.push(next.message.id);
 
     // The session ends: what is owed is dropped, and a late reply is refused.
     store.end_session(session.id).await.unwrap();
     assert!(matches!(
         store
-            .store_reply(ids[1], Uuid::now_v7(), "late".into())
+            .store_reply(ids[2], Uuid::now_v7(), "late".into())
             .await,
         Err(StoreError::SessionEnded)
     ));
@@ -407,8 +452,8 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         .iter()
         .filter(|m| m.in_reply_to.is_some())
         .collect();
-    assert_eq!(replies.len(), 1);
-    assert_eq!(replies[0].content, "YES");
+    let contents: Vec<_> = replies.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["YES", "PERHAPS"]);
 }
 
 /// Migrations go down and up again cleanly on both databases.

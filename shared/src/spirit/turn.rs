@@ -131,6 +131,10 @@ impl Spirit {
                 Claim::Claimed(claimed) => claimed,
                 Claim::Nothing => return Ok(()),
                 Claim::InProgress => return Err(TurnError::Busy),
+                Claim::Replied { question, reply } => {
+                    self.announce_stored(endpoint, &question, reply).await?;
+                    continue;
+                }
             };
             let Some(persona) = self.personas.for_session(&session.persona).cloned() else {
                 tracing::error!("no persona is configured");
@@ -269,6 +273,36 @@ impl Spirit {
                 Audience::Everyone,
             )
             .await;
+        // Only now may the next question's turn begin (see `Store::store_reply`).
+        self.store.mark_answered(question.id).await?;
+        Ok(())
+    }
+
+    /// Announces a reply that a worker stored but died before announcing, then settles
+    /// its question. The path is paced afresh (a spoken answer's timings died with its
+    /// worker), and `fallback` is not known any more, so it says `false`.
+    async fn announce_stored(
+        &self,
+        endpoint: &str,
+        claimed: &ClaimedQuestion,
+        reply: Message,
+    ) -> Result<(), TurnError> {
+        let question_id = claimed.message.id;
+        tracing::info!(%question_id, attempts = claimed.attempts, "a stored reply was never announced; announcing it");
+        let path = planchette::path(&self.board, self.pace(), &reply.content);
+        self.broadcaster
+            .broadcast(
+                endpoint,
+                claimed.message.session_id,
+                &ServerEvent::SpiritResponse {
+                    message: reply,
+                    planchette: path,
+                    fallback: false,
+                },
+                Audience::Everyone,
+            )
+            .await;
+        self.store.mark_answered(question_id).await?;
         Ok(())
     }
 

@@ -137,8 +137,17 @@ pub enum Claim {
     /// Every question of the session is settled.
     Nothing,
     /// The oldest unanswered question is being answered under a claim that still holds:
-    /// its worker will go on to the rest.
+    /// its worker will go on to the rest. A question whose reply is stored but not yet
+    /// announced still counts as being answered, so no worker starts the next question
+    /// before the room has heard the last answer.
     InProgress,
+    /// The oldest unanswered question has its reply stored, but the worker that stored it
+    /// died before announcing it (its claim ran out). This caller, now holding the claim,
+    /// announces the reply and then [marks it answered](Store::mark_answered).
+    Replied {
+        question: ClaimedQuestion,
+        reply: Message,
+    },
 }
 
 /// What storing a reply did.
@@ -210,15 +219,21 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a claimed question as speaking (its first words went out).
     async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError>;
 
-    /// Stores the spirit's reply to `question_id` and marks the question answered, in one
-    /// transaction. A question has at most one reply (a unique index says so).
-    /// `reply_id` is chosen before the answer is spoken, so its audio can name it.
+    /// Stores the spirit's reply to `question_id`. A question has at most one reply (a
+    /// unique index says so). The question stays unsettled, its claim held, until
+    /// [`mark_answered`](Self::mark_answered) after the reply has been announced: that is
+    /// what keeps the next question's turn from starting (and its events from reaching
+    /// the room) before this answer's. `reply_id` is chosen before the answer is spoken,
+    /// so its audio can name it.
     async fn store_reply(
         &self,
         question_id: Uuid,
         reply_id: Uuid,
         content: String,
     ) -> Result<ReplyOutcome, StoreError>;
+
+    /// Marks a question answered once its stored reply has been announced.
+    async fn mark_answered(&self, question_id: Uuid) -> Result<(), StoreError>;
 
     /// Marks every unanswered question of the session dropped (it ended); how many.
     async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;

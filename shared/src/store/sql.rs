@@ -193,8 +193,10 @@ const INSERT_QUESTION: &str = "INSERT INTO messages (id, session_id, kind, autho
      VALUES ($1, $2, 'question', $3, $4, NULL, $5, 'queued')";
 
 const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, m.claimed_until, \
-            p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
+            p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat, \
+            r.id AS reply_id, r.content AS reply_content, r.created_at AS reply_created_at \
      FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
+     LEFT JOIN messages r ON r.in_reply_to = m.id AND r.kind = 'spirit' \
      WHERE m.session_id = $1 AND m.turn IN ('queued', 'thinking', 'speaking') ORDER BY m.seq ASC LIMIT 1";
 
 // The claim: only if nobody claimed it since we read its attempt count.
@@ -638,10 +640,25 @@ macro_rules! impl_sql_store {
                 if claimed == 0 {
                     return Ok(Claim::InProgress);
                 }
-                Ok(Claim::Claimed(ClaimedQuestion {
-                    message,
+                let question = ClaimedQuestion {
                     attempts: to_u32(attempts, "attempts")?.saturating_add(1),
-                }))
+                    message,
+                };
+                // Stored by a worker that died before announcing it: announce, don't answer.
+                let reply_id: Option<Uuid> = row.try_get("reply_id")?;
+                if let Some(reply_id) = reply_id {
+                    let reply = Message {
+                        id: reply_id,
+                        session_id,
+                        kind: MessageKind::Spirit,
+                        author: None,
+                        content: row.try_get("reply_content")?,
+                        in_reply_to: Some(question.message.id),
+                        created_at: row.try_get("reply_created_at")?,
+                    };
+                    return Ok(Claim::Replied { question, reply });
+                }
+                Ok(Claim::Claimed(question))
             }
 
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
@@ -659,26 +676,19 @@ macro_rules! impl_sql_store {
                 reply_id: Uuid,
                 content: String,
             ) -> Result<ReplyOutcome, StoreError> {
-                let mut tx = self.pool.begin().await?;
                 let id = reply_id;
                 let created_at = now();
+                // One statement: the question is settled later, by `mark_answered`.
                 let inserted = sqlx::query(INSERT_REPLY)
                     .persistent(self.prepared)
                     .bind(id)
                     .bind(&content)
                     .bind(created_at)
                     .bind(question_id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await?;
                 if let Some(row) = inserted {
                     let session_id: Uuid = row.try_get("session_id")?;
-                    sqlx::query(SETTLE_QUESTION)
-                        .persistent(self.prepared)
-                        .bind(question_id)
-                        .bind(TurnState::Answered.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
                     return Ok(ReplyOutcome::Stored(Message {
                         id,
                         session_id,
@@ -690,6 +700,7 @@ macro_rules! impl_sql_store {
                     }));
                 }
                 // Nothing stored: the reply exists already, or the session ended.
+                let mut tx = self.pool.begin().await?;
                 let answered = sqlx::query(HAS_REPLY)
                     .persistent(self.prepared)
                     .bind(question_id)
@@ -713,6 +724,16 @@ macro_rules! impl_sql_store {
                 } else {
                     Err(StoreError::SessionEnded)
                 }
+            }
+
+            async fn mark_answered(&self, question_id: Uuid) -> Result<(), StoreError> {
+                sqlx::query(SETTLE_QUESTION)
+                    .persistent(self.prepared)
+                    .bind(question_id)
+                    .bind(TurnState::Answered.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
