@@ -5,7 +5,12 @@
 //! `tests/events/`; the functions talk to the local PostgreSQL and Redis, and their pushes
 //! come back here and are answered 410.
 //!
-//!     cargo build --release -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p migrate
+//! Each start is paired with a start of `bench-hello-lambda` (a hello-world
+//! `lambda_runtime` function built with the same profile) fed the same event, the two in
+//! alternating order, and the ratio function / hello world is reported as the geometric
+//! mean of the pairs' ratios with its 95 % confidence interval (t interval on the logs).
+//!
+//!     cargo build --release -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate -p seance-tests --bins
 //!     cargo run --release -p seance-tests --bin bench-coldstart [-- RUNS]
 //!
 //! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
@@ -100,9 +105,108 @@ fn peak_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[sorted.len() / 2]
+}
+
+/// The geometric mean of `ours[i] / baseline[i]` and its 95 % confidence interval: a
+/// Student t interval on the logs of the ratios, so it is multiplicative and the pairing
+/// cancels what the two starts share (the machine's load at that moment).
+fn paired_ratio(ours: &[f64], baseline: &[f64]) -> (f64, f64, f64) {
+    let logs: Vec<f64> = ours
+        .iter()
+        .zip(baseline)
+        .map(|(a, b)| (a / b).ln())
+        .collect();
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    let variance = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let half = t_975(logs.len().saturating_sub(1)) * (variance / n).sqrt();
+    (mean.exp(), (mean - half).exp(), (mean + half).exp())
+}
+
+/// The 97.5th percentile of Student's t with `df` degrees of freedom.
+fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        31..=60 => 2.00,
+        _ => 1.96,
+    }
+}
+
+/// A Runtime API (and `@connections`) of its own for one start: a killed process's last
+/// poll, still in flight, can then never take the next start's event.
+async fn runtime_api() -> (Shared, SocketAddr, tokio::task::JoinHandle<()>) {
+    let run: Shared = Arc::default();
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(respond),
+        )
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(respond))
+        .route("/2018-06-01/runtime/init/error", post(respond))
+        .route(
+            "/local/@connections/{id}",
+            post(gone).delete(gone).get(gone),
+        )
+        .with_state(run.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (run, addr, server)
+}
+
+/// One start: (init ms, first event answered ms, peak RSS MiB).
+async fn start_once(
+    binary: &std::path::Path,
+    name: &str,
+    event: &str,
+    env: &[(&str, String)],
+) -> (f64, f64, f64) {
+    let (run, addr, server) = runtime_api().await;
+    run.lock().unwrap().event = event.to_owned();
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("APIGW_MANAGEMENT_ENDPOINT", format!("http://{addr}/local"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if run.lock().unwrap().answered.is_some() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let peak = peak_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    server.abort();
+    let run = run.lock().unwrap();
+    let (Some(first_next), Some(answered)) = (run.first_next, run.answered) else {
+        panic!("{name} did not answer within 20 s");
+    };
+    assert!(!run.answer.is_empty(), "{name} answered nothing");
+    (
+        first_next.duration_since(started).as_secs_f64() * 1000.0,
+        answered.duration_since(started).as_secs_f64() * 1000.0,
+        peak as f64 / 1024.0,
+    )
 }
 
 #[tokio::main]
@@ -124,24 +228,6 @@ async fn main() {
         db.migrate_up().await.unwrap();
         db.close().await;
     }
-
-    let run: Shared = Arc::default();
-    let app = Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(respond),
-        )
-        .route("/2018-06-01/runtime/invocation/{id}/error", post(respond))
-        .route("/2018-06-01/runtime/init/error", post(respond))
-        .route(
-            "/local/@connections/{id}",
-            post(gone).delete(gone).get(gone),
-        )
-        .with_state(run.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let event = |path: &str| std::fs::read_to_string(root.join("tests/events").join(path)).unwrap();
     let functions = [
@@ -166,18 +252,51 @@ async fn main() {
             "$disconnect (Redis)",
         ),
         (
+            "spirit",
+            event("sqs/question.json"),
+            "a ticket for an unknown session (PostgreSQL)",
+        ),
+        (
             "migrate",
             r#"{"action":"status"}"#.to_owned(),
             "migration status (PostgreSQL)",
         ),
     ];
+    let env: Vec<(&str, String)> = vec![
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", "bench".into()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", "bench".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "AKIDBENCH".into()),
+        ("AWS_SECRET_ACCESS_KEY", "bench-secret".into()),
+        ("DATABASE_URL", database_url.clone()),
+        ("REDIS_URL", redis_url.clone()),
+        ("REDIS_KEY_PREFIX", "seance-bench:".into()),
+        ("JWT_SECRET", seance_tests::TEST_JWT_SECRET.into()),
+        ("PUBLIC_WS_URL", "wss://bench.example/local".into()),
+        (
+            "SPIRIT_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/123456789012/seance-spirit.fifo".into(),
+        ),
+        ("LOG_LEVEL", "warn".into()),
+    ];
+    let hello = bin_dir.join("bench-hello-lambda");
+    assert!(
+        hello.exists(),
+        "build it first: cargo build --release -p seance-tests --bins ({})",
+        hello.display()
+    );
+    let mib =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().len() as f64 / (1024.0 * 1024.0);
     println!(
-        "cold start on this machine ({runs} starts each, release x86_64 binaries; Lambda runs arm64)\n"
+        "cold start on this machine ({runs} paired starts each, release x86_64 binaries; Lambda runs arm64);\n\
+         ratios are function / hello world, geometric mean of the pairs [95 % CI]\n"
     );
     println!(
-        "| function | event | init ms (median) | first event answered ms (median) | peak RSS MiB | binary MiB |"
+        "| function | event | init ms (median): function / hello | init ratio [95 % CI] | first event answered ms (median): function / hello | first event ratio [95 % CI] | peak RSS MiB: function / hello | binary MiB: function / hello |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, event, what) in functions {
         let binary = bin_dir.join(name);
         assert!(
@@ -185,65 +304,37 @@ async fn main() {
             "build it first: cargo build --release -p {name} ({})",
             binary.display()
         );
-        let size = std::fs::metadata(&binary).unwrap().len() as f64 / (1024.0 * 1024.0);
-        let (mut inits, mut firsts, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..runs {
-            *run.lock().unwrap() = Run {
-                event: event.clone(),
-                ..Run::default()
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            // Alternate who goes first, so neither always starts on a warmer cache.
+            let (a, b) = if i % 2 == 0 {
+                let b = start_once(&hello, "hello", &event, &env).await;
+                (start_once(&binary, name, &event, &env).await, b)
+            } else {
+                let a = start_once(&binary, name, &event, &env).await;
+                (a, start_once(&hello, "hello", &event, &env).await)
             };
-            let started = Instant::now();
-            let mut child = Command::new(&binary)
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-                .env("AWS_LAMBDA_FUNCTION_NAME", name)
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-                .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
-                .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
-                .env("AWS_REGION", "us-east-1")
-                .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-                .env("AWS_SECRET_ACCESS_KEY", "bench-secret")
-                .env("DATABASE_URL", &database_url)
-                .env("REDIS_URL", &redis_url)
-                .env("REDIS_KEY_PREFIX", "seance-bench:")
-                .env("JWT_SECRET", seance_tests::TEST_JWT_SECRET)
-                .env("PUBLIC_WS_URL", "wss://bench.example/local")
-                .env(
-                    "SPIRIT_QUEUE_URL",
-                    "https://sqs.us-east-1.amazonaws.com/123456789012/seance-spirit.fifo",
-                )
-                .env("APIGW_MANAGEMENT_ENDPOINT", format!("http://{addr}/local"))
-                .env("LOG_LEVEL", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if run.lock().unwrap().answered.is_some() || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            let peak = peak_kib(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
-            let run = run.lock().unwrap();
-            let (Some(first_next), Some(answered)) = (run.first_next, run.answered) else {
-                panic!("{name} did not answer within 20 s");
-            };
-            assert!(!run.answer.is_empty(), "{name} answered nothing");
-            inits.push(first_next.duration_since(started).as_secs_f64() * 1000.0);
-            firsts.push(answered.duration_since(started).as_secs_f64() * 1000.0);
-            peaks.push(peak as f64 / 1024.0);
+            ours.push(a);
+            base.push(b);
         }
+        let column = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
+            v.iter().map(f).collect()
+        };
+        let (init, init_base) = (column(&ours, |r| r.0), column(&base, |r| r.0));
+        let (first, first_base) = (column(&ours, |r| r.1), column(&base, |r| r.1));
+        let (peak, peak_base) = (column(&ours, |r| r.2), column(&base, |r| r.2));
+        let (ri, ri_lo, ri_hi) = paired_ratio(&init, &init_base);
+        let (rf, rf_lo, rf_hi) = paired_ratio(&first, &first_base);
         println!(
-            "| {name} | {what} | {:.1} | {:.1} | {:.1} | {size:.1} |",
-            median(&mut inits),
-            median(&mut firsts),
-            median(&mut peaks)
+            "| {name} | {what} | {:.2} / {:.2} | {ri:.2}× [{ri_lo:.2}, {ri_hi:.2}] | {:.2} / {:.2} | {rf:.2}× [{rf_lo:.2}, {rf_hi:.2}] | {:.1} / {:.1} | {:.1} / {:.1} |",
+            median(&init),
+            median(&init_base),
+            median(&first),
+            median(&first_base),
+            median(&peak),
+            median(&peak_base),
+            mib(&binary),
+            mib(&hello),
         );
     }
 }

@@ -49,7 +49,13 @@ pub trait QuestionQueue: Send + Sync + 'static {
 
 /// The production queue: `SendMessage` on an SQS FIFO queue.
 pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
+    /// Built on the first send: building an SDK client loads the system's root
+    /// certificates (about 150 files here, 3–4 ms), which the functions that never send
+    /// (every one but `ws-message`) should not pay during their cold start.
+    client: std::sync::OnceLock<aws_sdk_sqs::Client>,
+    region: String,
+    endpoint: Option<String>,
+    credentials: AwsCredentials,
     queue_url: String,
 }
 
@@ -65,8 +71,8 @@ impl std::fmt::Debug for SqsQueue {
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl SqsQueue {
-    /// Builds the client without any network call. `endpoint` overrides the SQS endpoint
-    /// (`AWS_ENDPOINT_URL_SQS`, for a local SQS-speaking server).
+    /// Names the queue; the client is built on the first send. `endpoint` overrides the
+    /// SQS endpoint (`AWS_ENDPOINT_URL_SQS`, for a local SQS-speaking server).
     pub fn new(
         queue_url: &str,
         region: &str,
@@ -74,9 +80,22 @@ impl SqsQueue {
         credentials: AwsCredentials,
     ) -> Self {
         Self {
-            client: sqs_client(region, endpoint, credentials),
+            client: std::sync::OnceLock::new(),
+            region: region.to_owned(),
+            endpoint: endpoint.map(str::to_owned),
+            credentials,
             queue_url: queue_url.to_owned(),
         }
+    }
+
+    fn client(&self) -> &aws_sdk_sqs::Client {
+        self.client.get_or_init(|| {
+            sqs_client(
+                &self.region,
+                self.endpoint.as_deref(),
+                self.credentials.clone(),
+            )
+        })
     }
 }
 
@@ -107,7 +126,7 @@ pub fn sqs_client(
 impl QuestionQueue for SqsQueue {
     async fn send(&self, ticket: &Ticket) -> Result<(), QueueError> {
         let body = serde_json::to_string(ticket).map_err(|e| QueueError(e.to_string()))?;
-        self.client
+        self.client()
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
