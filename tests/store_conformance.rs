@@ -381,10 +381,15 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     );
 
     // Stored but not yet announced: the question still holds its turn, so no worker starts
-    // the next one before the room has heard this answer.
+    // the next one before the room has heard this answer; to the room the spirit has
+    // moved on to the next question.
     assert_eq!(
         store.claim_next_question(session.id, far).await.unwrap(),
         Claim::InProgress
+    );
+    assert_eq!(
+        store.turn_state(session.id).await.unwrap(),
+        Some(TurnState::Queued)
     );
     store.mark_answered(ids[0]).await.unwrap();
 

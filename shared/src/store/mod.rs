@@ -156,7 +156,8 @@ pub enum ReplyOutcome {
     /// Stored, and the question marked answered.
     Stored(Message),
     /// The question already had its reply (a redelivery raced an earlier attempt): nothing
-    /// stored, nothing to announce.
+    /// stored, nothing to announce, and the question left to whoever stored the reply to
+    /// announce and mark answered (or to the next claimer, should that worker die).
     AlreadyAnswered,
 }
 
@@ -238,7 +239,9 @@ pub trait Store: Send + Sync + 'static {
     /// Marks every unanswered question of the session dropped (it ended); how many.
     async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;
 
-    /// The state of the session's oldest unanswered question; `None` when all are settled.
+    /// The state of the session's oldest unanswered question without a stored reply; `None`
+    /// when there is none (a reply stored but not yet announced counts as done here: it is
+    /// what `session_state` tells the room).
     async fn turn_state(&self, session_id: Uuid) -> Result<Option<TurnState>, StoreError>;
 
     /// The oldest `limit` messages newer than `after`, oldest first.

@@ -220,8 +220,12 @@ const SETTLE_QUESTION: &str =
 const DROP_UNANSWERED: &str = "UPDATE messages SET turn = 'dropped' \
      WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
 
-const HEAD_TURN: &str = "SELECT turn FROM messages \
-     WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking') ORDER BY seq ASC LIMIT 1";
+// What the room is told the spirit is doing: a question whose reply is stored is done for
+// them (its `spirit_response` is on its way), though it holds the turn until announced.
+const HEAD_TURN: &str = "SELECT m.turn AS turn FROM messages m \
+     WHERE m.session_id = $1 AND m.turn IN ('queued', 'thinking', 'speaking') \
+     AND NOT EXISTS (SELECT 1 FROM messages r WHERE r.in_reply_to = m.id AND r.kind = 'spirit') \
+     ORDER BY m.seq ASC LIMIT 1";
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Internal(format!("unexpected value in column {what}"))
@@ -707,23 +711,21 @@ macro_rules! impl_sql_store {
                     .fetch_optional(&mut *tx)
                     .await?
                     .is_some();
-                let settled = if answered {
-                    TurnState::Answered
-                } else {
-                    TurnState::Dropped
-                };
+                if answered {
+                    // Whoever stored it announces it and marks the question answered (or,
+                    // if it dies first, the next claimer does): settling it here could let
+                    // the next turn begin before the room has heard this answer.
+                    tx.commit().await?;
+                    return Ok(ReplyOutcome::AlreadyAnswered);
+                }
                 sqlx::query(SETTLE_QUESTION)
                     .persistent(self.prepared)
                     .bind(question_id)
-                    .bind(settled.as_str())
+                    .bind(TurnState::Dropped.as_str())
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                if answered {
-                    Ok(ReplyOutcome::AlreadyAnswered)
-                } else {
-                    Err(StoreError::SessionEnded)
-                }
+                Err(StoreError::SessionEnded)
             }
 
             async fn mark_answered(&self, question_id: Uuid) -> Result<(), StoreError> {
