@@ -352,6 +352,11 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         panic!("the oldest question is claimed");
     };
     assert_eq!((first.message.id, first.attempts), (ids[0], 1));
+    assert_eq!(
+        first.session.id, session.id,
+        "the session comes with the claim"
+    );
+    assert_eq!(first.session.persona, session.persona);
     assert_eq!(first.message.author.as_ref().map(|a| a.id), Some(host.id));
     // Held: nobody else takes it, nor skips ahead of it.
     assert_eq!(
@@ -441,8 +446,13 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     };
     ids.push(next.message.id);
 
-    // The session ends: what is owed is dropped, and a late reply is refused.
+    // The session ends: a claim says so, what is owed is dropped, and a late reply is
+    // refused.
     store.end_session(session.id).await.unwrap();
+    assert_eq!(
+        store.claim_next_question(session.id, far).await.unwrap(),
+        Claim::Ended
+    );
     assert!(matches!(
         store
             .store_reply(ids[2], Uuid::now_v7(), "late".into())

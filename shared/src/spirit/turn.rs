@@ -18,7 +18,7 @@ use super::queue::Ticket;
 use super::{Speaker, SpiritProvider, SpiritRequest, Turn};
 use crate::board::Board;
 use crate::config::SpiritConfig;
-use crate::domain::{Message, MessageKind, SessionStatus};
+use crate::domain::{Message, MessageKind};
 use crate::personas::{Persona, Personas};
 use crate::protocol::ServerEvent;
 use crate::push::{Audience, Broadcaster};
@@ -111,18 +111,7 @@ impl Spirit {
         let session_id = ticket.session_id;
         let endpoint = ticket.endpoint.as_deref().unwrap_or(&self.endpoint);
         loop {
-            let session = match self.store.session(session_id).await {
-                Ok(session) => session,
-                Err(StoreError::SessionNotFound) => return Ok(()),
-                Err(err) => return Err(err.into()),
-            };
-            if session.status == SessionStatus::Ended {
-                let dropped = self.store.drop_unanswered(session_id).await?;
-                // One line whether or not any were dropped: a turn that finds its session
-                // ended is worth noting either way.
-                tracing::info!(%session_id, dropped, "the session ended; its questions go unanswered");
-                return Ok(());
-            }
+            // The claim reads the session under its lock: no read of its own here.
             let claimed = match self
                 .store
                 .claim_next_question(session_id, deadline.epoch_ms)
@@ -135,7 +124,15 @@ impl Spirit {
                     self.announce_stored(endpoint, &question, reply).await?;
                     continue;
                 }
+                Claim::Ended => {
+                    let dropped = self.store.drop_unanswered(session_id).await?;
+                    // One line whether or not any were dropped: a turn that finds its
+                    // session ended is worth noting either way.
+                    tracing::info!(%session_id, dropped, "the session ended; its questions go unanswered");
+                    return Ok(());
+                }
             };
+            let session = &claimed.session;
             let Some(persona) = self.personas.for_session(&session.persona).cloned() else {
                 tracing::error!("no persona is configured");
                 return Ok(());

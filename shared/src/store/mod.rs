@@ -127,6 +127,8 @@ pub trait Acceptance: Send {
 pub struct ClaimedQuestion {
     pub message: Message,
     pub attempts: u32,
+    /// Its session, as read under the claim's lock (so the turn needs no read of its own).
+    pub session: Session,
 }
 
 /// What claiming the next question found.
@@ -134,8 +136,11 @@ pub struct ClaimedQuestion {
 pub enum Claim {
     /// This caller answers it now.
     Claimed(ClaimedQuestion),
-    /// Every question of the session is settled.
+    /// Every question of the session is settled (or there is no such session).
     Nothing,
+    /// The session has ended: nothing more of it is answered, and what it still owes is to
+    /// be [dropped](Store::drop_unanswered).
+    Ended,
     /// The oldest unanswered question is being answered under a claim that still holds:
     /// its worker will go on to the rest. A question whose reply is stored but not yet
     /// announced still counts as being answered, so no worker starts the next question

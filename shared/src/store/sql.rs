@@ -604,14 +604,18 @@ macro_rules! impl_sql_store {
             ) -> Result<Claim, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 // Wait for an acceptance in progress, so its question is seen in its place.
-                if sqlx::query(LOCK_SESSION)
+                let Some(session_row) = sqlx::query(LOCK_SESSION)
                     .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
                     .await?
-                    .is_none()
-                {
+                else {
                     return Ok(Claim::Nothing);
+                };
+                let session = Self::session_from_row(&session_row)?;
+                if session.status == SessionStatus::Ended {
+                    tx.commit().await?;
+                    return Ok(Claim::Ended);
                 }
                 let Some(row) = sqlx::query(OLDEST_UNANSWERED)
                     .persistent(self.prepared)
@@ -647,6 +651,7 @@ macro_rules! impl_sql_store {
                 let question = ClaimedQuestion {
                     attempts: to_u32(attempts, "attempts")?.saturating_add(1),
                     message,
+                    session,
                 };
                 // Stored by a worker that died before announcing it: announce, don't answer.
                 let reply_id: Option<Uuid> = row.try_get("reply_id")?;
