@@ -258,20 +258,34 @@ impl Spirit {
             provider = %self.provider.describe(),
             "the spirit answered"
         );
+        self.announce(endpoint, question.id, message, path, fallback)
+            .await
+    }
+
+    /// Pushes an answer to the room, and only then marks its question answered: the next
+    /// question's turn may begin only now (see `Store::store_reply`).
+    async fn announce(
+        &self,
+        endpoint: &str,
+        question_id: Uuid,
+        message: Message,
+        planchette: Vec<PathPoint>,
+        fallback: bool,
+    ) -> Result<(), TurnError> {
+        let session_id = message.session_id;
         self.broadcaster
             .broadcast(
                 endpoint,
                 session_id,
                 &ServerEvent::SpiritResponse {
                     message,
-                    planchette: path,
+                    planchette,
                     fallback,
                 },
                 Audience::Everyone,
             )
             .await;
-        // Only now may the next question's turn begin (see `Store::store_reply`).
-        self.store.mark_answered(question.id).await?;
+        self.store.mark_answered(question_id).await?;
         Ok(())
     }
 
@@ -287,20 +301,8 @@ impl Spirit {
         let question_id = claimed.message.id;
         tracing::info!(%question_id, attempts = claimed.attempts, "a stored reply was never announced; announcing it");
         let path = planchette::path(&self.board, self.pace(), &reply.content);
-        self.broadcaster
-            .broadcast(
-                endpoint,
-                claimed.message.session_id,
-                &ServerEvent::SpiritResponse {
-                    message: reply,
-                    planchette: path,
-                    fallback: false,
-                },
-                Audience::Everyone,
-            )
-            .await;
-        self.store.mark_answered(question_id).await?;
-        Ok(())
+        self.announce(endpoint, question_id, reply, path, false)
+            .await
     }
 
     /// The model's whole answer, cut at the persona's word limit, without streaming it.

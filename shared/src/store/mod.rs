@@ -158,7 +158,7 @@ pub enum Claim {
 /// What storing a reply did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyOutcome {
-    /// Stored, and the question marked answered.
+    /// Stored; the question stays unsettled until [`Store::mark_answered`].
     Stored(Message),
     /// The question already had its reply (a redelivery raced an earlier attempt): nothing
     /// stored, nothing to announce, and the question left to whoever stored the reply to
