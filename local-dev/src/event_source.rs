@@ -128,7 +128,10 @@ struct Pending {
 struct FifoState {
     groups: HashMap<String, VecDeque<Pending>>,
     in_flight: HashSet<String>,
-    seen: HashMap<String, Instant>,
+    /// Deduplication ids sent within [`DEDUP_WINDOW`], and the same ids oldest first, so
+    /// a send forgets the expired ones from the front instead of scanning them all.
+    seen: HashSet<String>,
+    seen_order: VecDeque<(Instant, String)>,
     sent: u64,
 }
 
@@ -264,11 +267,19 @@ impl QuestionQueue for InProcessFifo {
         let dedup_id = ticket.deduplication_id();
         {
             let mut state = self.state();
-            state.seen.retain(|_, at| at.elapsed() < DEDUP_WINDOW);
-            if state.seen.contains_key(&dedup_id) {
+            let now = Instant::now();
+            while let Some((at, _)) = state.seen_order.front()
+                && now.duration_since(*at) >= DEDUP_WINDOW
+            {
+                if let Some((_, expired)) = state.seen_order.pop_front() {
+                    state.seen.remove(&expired);
+                }
+            }
+            if state.seen.contains(&dedup_id) {
                 return Ok(());
             }
-            state.seen.insert(dedup_id.clone(), Instant::now());
+            state.seen.insert(dedup_id.clone());
+            state.seen_order.push_back((now, dedup_id.clone()));
             state.sent += 1;
             let message_id = format!("{:016}-{}", state.sent, uuid::Uuid::new_v4().simple());
             state
@@ -281,7 +292,7 @@ impl QuestionQueue for InProcessFifo {
                     dedup_id,
                     receives: 0,
                     sent_at: SystemTime::now(),
-                    visible_at: Instant::now(),
+                    visible_at: now,
                 });
         }
         self.wake.notify_one();
@@ -428,6 +439,22 @@ mod tests {
         fifo.settle(&a.to_string(), false);
         assert_eq!(fifo.depth(), 0);
         assert!(fifo.receive().0.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deduplication_id_is_forgotten_once_its_window_has_passed() {
+        let fifo = InProcessFifo::new(Duration::ZERO);
+        let (first, other) = (ticket(uuid::Uuid::now_v7()), ticket(uuid::Uuid::now_v7()));
+        assert!(fifo.send(&first).await.is_ok());
+        tokio::time::advance(DEDUP_WINDOW / 2).await;
+        assert!(fifo.send(&other).await.is_ok());
+        tokio::time::advance(DEDUP_WINDOW / 2 - Duration::from_millis(1)).await;
+        assert!(fifo.send(&first).await.is_ok());
+        assert_eq!(fifo.depth(), 2, "still within the window: deduplicated");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(fifo.send(&first).await.is_ok());
+        assert!(fifo.send(&other).await.is_ok());
+        assert_eq!(fifo.depth(), 3, "the first id's window has passed, the other's has not");
     }
 
     #[tokio::test]
