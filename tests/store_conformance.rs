@@ -240,6 +240,12 @@ async fn messages_come_oldest_first_and_page_backwards(backend: Backend) {
         .unwrap();
     assert_eq!(oldest.messages, all[..2].to_vec());
     assert_eq!(oldest.next_before, None);
+    let before_the_first = store
+        .messages_before(session.id, Some(all[0].id), 3)
+        .await
+        .unwrap();
+    assert_eq!(before_the_first.messages, Vec::new());
+    assert_eq!(before_the_first.next_before, None);
 
     let whole = store.messages_before(session.id, None, 100).await.unwrap();
     assert_eq!(whole.messages, all);
@@ -320,6 +326,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
 
     let (store, _db) = fresh_store(backend).await;
     let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    assert!(!store.has_unanswered(session.id).await.unwrap());
     let mut ids = Vec::new();
     for (i, text) in ["first", "second"].iter().enumerate() {
         let mut accepting = store.begin_accept(session.id).await.unwrap();
@@ -346,6 +353,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         store.turn_state(session.id).await.unwrap(),
         Some(TurnState::Queued)
     );
+    assert!(store.has_unanswered(session.id).await.unwrap());
 
     let far = seance::store::now_ms() + 60_000;
     let Claim::Claimed(first) = store.claim_next_question(session.id, far).await.unwrap() else {
@@ -430,7 +438,12 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         Claim::InProgress,
         "one taker announces it"
     );
+    assert!(
+        store.has_unanswered(session.id).await.unwrap(),
+        "a stored reply not yet announced is still owed"
+    );
     store.mark_answered(ids[1]).await.unwrap();
+    assert!(!store.has_unanswered(session.id).await.unwrap());
     assert_eq!(
         store.claim_next_question(session.id, far).await.unwrap(),
         Claim::Nothing
@@ -461,6 +474,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     ));
     assert_eq!(store.turn_state(session.id).await.unwrap(), None);
     assert_eq!(store.drop_unanswered(session.id).await.unwrap(), 0);
+    assert!(!store.has_unanswered(session.id).await.unwrap());
     let page = store.messages_before(session.id, None, 10).await.unwrap();
     let replies: Vec<_> = page
         .messages

@@ -454,7 +454,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(fifo.send(&first).await.is_ok());
         assert!(fifo.send(&other).await.is_ok());
-        assert_eq!(fifo.depth(), 3, "the first id's window has passed, the other's has not");
+        assert_eq!(
+            fifo.depth(),
+            3,
+            "the first id's window has passed, the other's has not"
+        );
     }
 
     #[tokio::test]

@@ -110,7 +110,15 @@ impl Spirit {
     pub async fn take_turns(&self, ticket: &Ticket, deadline: Deadline) -> Result<(), TurnError> {
         let session_id = ticket.session_id;
         let endpoint = ticket.endpoint.as_deref().unwrap_or(&self.endpoint);
+        let mut first = true;
         loop {
+            // After an answer, a plain read first: the claim takes the session's lock (a
+            // transaction that writes, so a commit to flush), and most answers leave
+            // nothing behind them. Nothing missed: a question accepted after this read
+            // has its own queue message, sent once its acceptance committed.
+            if !std::mem::take(&mut first) && !self.store.has_unanswered(session_id).await? {
+                return Ok(());
+            }
             // The claim reads the session under its lock: no read of its own here.
             let claimed = match self
                 .store

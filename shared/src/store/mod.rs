@@ -222,6 +222,12 @@ pub trait Store: Send + Sync + 'static {
         until_ms: i64,
     ) -> Result<Claim, StoreError>;
 
+    /// Whether the session has a question not yet answered (queued, thinking, or
+    /// speaking, a stored reply not yet announced included). A plain read, no lock: the
+    /// spirit's turn asks it after an answer before claiming again, since a question
+    /// accepted after this read comes with a queue message of its own.
+    async fn has_unanswered(&self, session_id: Uuid) -> Result<bool, StoreError>;
+
     /// Marks a claimed question as speaking (its first words went out).
     async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError>;
 

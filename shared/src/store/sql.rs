@@ -175,22 +175,38 @@ const MESSAGES_BEFORE: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.i
      FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
      WHERE m.session_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3";
 
+// The same below a message named by id, in one statement: an id not in the session reads
+// as no rows (its seq is NULL), and only then is it looked up on its own.
+const MESSAGES_BEFORE_ID: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, \
+            p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
+     FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
+     WHERE m.session_id = $1 AND m.seq < (SELECT b.seq FROM messages b WHERE b.session_id = $1 AND b.id = $2) \
+     ORDER BY m.seq DESC LIMIT $3";
+
 const MESSAGES_AFTER: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, \
             p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat \
      FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
      WHERE m.session_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3";
 
-// A write that changes nothing, for its lock: the session's row lock in PostgreSQL, the
-// database's write lock in SQLite, held to the end of the transaction.
-const LOCK_SESSION: &str = "UPDATE sessions SET status = status WHERE id = $1 \
+// The session's row, locked to the end of the transaction. PostgreSQL: the row lock an
+// UPDATE would take (FOR NO KEY UPDATE), without writing a new version of the row three
+// times a question.
+const PG_LOCK_SESSION: &str = "SELECT id, name, persona, status, participant_count, max_participants, created_at \
+     FROM sessions WHERE id = $1 FOR NO KEY UPDATE";
+// SQLite has no row locks: a write that changes nothing takes the database's write lock.
+#[cfg(feature = "sqlite")]
+const SQLITE_LOCK_SESSION: &str = "UPDATE sessions SET status = status WHERE id = $1 \
      RETURNING id, name, persona, status, participant_count, max_participants, created_at";
 
 const COUNT_UNANSWERED: &str = "SELECT COUNT(*) AS n FROM messages \
      WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
 
-// Only ever run under LOCK_SESSION, after the session was seen active.
+// Only ever run under the session's lock (PG_LOCK_SESSION, SQLITE_LOCK_SESSION), after the session was seen active.
 const INSERT_QUESTION: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at, turn) \
      VALUES ($1, $2, 'question', $3, $4, NULL, $5, 'queued')";
+
+const ANY_UNANSWERED: &str = "SELECT EXISTS (SELECT 1 FROM messages \
+     WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')) AS any";
 
 const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, m.claimed_until, \
             p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat, \
@@ -241,7 +257,7 @@ fn turn_of(raw: &str) -> Result<TurnState, StoreError> {
 }
 
 macro_rules! impl_sql_store {
-    ($store:ident, $acceptance:ident, $db:ty, $row:ty, $backend:literal) => {
+    ($store:ident, $acceptance:ident, $db:ty, $row:ty, $backend:literal, $lock_session:ident) => {
         /// An open acceptance: the transaction holding the session's lock.
         pub struct $acceptance {
             tx: sqlx::Transaction<'static, $db>,
@@ -542,18 +558,33 @@ macro_rules! impl_sql_store {
                 before: Option<Uuid>,
                 limit: u32,
             ) -> Result<MessagePage, StoreError> {
-                let below = match before {
-                    Some(id) => self.message_seq(session_id, id).await?,
-                    None => i64::MAX,
+                // One extra row says whether an older page exists.
+                let fetch = i64::from(limit) + 1;
+                let rows = match before {
+                    Some(id) => {
+                        let rows = sqlx::query(MESSAGES_BEFORE_ID)
+                            .persistent(self.prepared)
+                            .bind(session_id)
+                            .bind(id)
+                            .bind(fetch)
+                            .fetch_all(&self.pool)
+                            .await?;
+                        if rows.is_empty() {
+                            // The first message, or not one of this session's.
+                            self.message_seq(session_id, id).await?;
+                        }
+                        rows
+                    }
+                    None => {
+                        sqlx::query(MESSAGES_BEFORE)
+                            .persistent(self.prepared)
+                            .bind(session_id)
+                            .bind(i64::MAX)
+                            .bind(fetch)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
                 };
-                let rows = sqlx::query(MESSAGES_BEFORE)
-                    .persistent(self.prepared)
-                    .bind(session_id)
-                    .bind(below)
-                    // One extra row says whether an older page exists.
-                    .bind(i64::from(limit) + 1)
-                    .fetch_all(&self.pool)
-                    .await?;
                 let mut messages = rows
                     .iter()
                     .take(limit as usize)
@@ -576,7 +607,7 @@ macro_rules! impl_sql_store {
                 session_id: Uuid,
             ) -> Result<Box<dyn Acceptance>, StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let row = sqlx::query(LOCK_SESSION)
+                let row = sqlx::query($lock_session)
                     .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
@@ -604,7 +635,7 @@ macro_rules! impl_sql_store {
             ) -> Result<Claim, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 // Wait for an acceptance in progress, so its question is seen in its place.
-                let Some(session_row) = sqlx::query(LOCK_SESSION)
+                let Some(session_row) = sqlx::query($lock_session)
                     .persistent(self.prepared)
                     .bind(session_id)
                     .fetch_optional(&mut *tx)
@@ -668,6 +699,15 @@ macro_rules! impl_sql_store {
                     return Ok(Claim::Replied { question, reply });
                 }
                 Ok(Claim::Claimed(question))
+            }
+
+            async fn has_unanswered(&self, session_id: Uuid) -> Result<bool, StoreError> {
+                Ok(sqlx::query(ANY_UNANSWERED)
+                    .persistent(self.prepared)
+                    .bind(session_id)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("any")?)
             }
 
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
@@ -795,7 +835,8 @@ impl_sql_store!(
     PgAcceptance,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
-    "postgres"
+    "postgres",
+    PG_LOCK_SESSION
 );
 #[cfg(feature = "sqlite")]
 impl_sql_store!(
@@ -803,5 +844,6 @@ impl_sql_store!(
     SqliteAcceptance,
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
-    "sqlite"
+    "sqlite",
+    SQLITE_LOCK_SESSION
 );
