@@ -494,10 +494,12 @@ impl Config {
             }
         };
         let log_level = get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if crate::telemetry::parse_filter(&log_level).is_none() {
             return Err(ConfigError::Invalid {
                 var: "LOG_LEVEL",
-                reason: format!("`{log_level}` is not a level or filter (try info or debug)"),
+                reason: format!(
+                    "`{log_level}` is not a level or list of target=level (try info, or info,seance=debug)"
+                ),
             });
         }
 

@@ -318,15 +318,20 @@ pub fn capture_logs() {
         let Ok(file) = std::fs::File::create(&path) else {
             return;
         };
-        let filter = tracing_subscriber::EnvFilter::new(
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = seance::telemetry::parse_filter(
             "debug,sqlx=info,hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,\
              aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_config=info,aws_sdk_sqs=info,\
              aws_sdk_apigatewaymanagement=info,tungstenite=info,tokio_tungstenite=info,tower=info",
-        );
+        )
+        .expect("the test log filter parses");
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_max_level(tracing::Level::DEBUG)
             .with_writer(std::sync::Mutex::new(file))
             .with_ansi(false)
+            .finish()
+            .with(filter)
             .try_init();
     });
 }
