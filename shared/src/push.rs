@@ -262,8 +262,12 @@ impl Audience {
     }
 }
 
-/// How many pushes of one fan-out are in flight at once.
-pub const FANOUT_CONCURRENCY: usize = 64;
+/// How many pushes of one fan-out are in flight at once. On AWS a push waits on a round
+/// trip to API Gateway far longer than the CPU it costs, so a fan-out takes about one
+/// round trip per wave of this many: 256 lets a room of a few hundred sockets hear an event
+/// in one wave (`bench-push` with `BENCH_ENDPOINT_DELAY_MS`: 64 in flight made a fan-out to
+/// 200 four waves, 4.3× one). Each push in flight holds one pooled HTTP connection.
+pub const FANOUT_CONCURRENCY: usize = 256;
 
 /// What a fan-out did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

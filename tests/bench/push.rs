@@ -6,6 +6,9 @@
 //!
 //!     cargo run --release -p seance-tests --bin bench-push [-- PUSHES]
 //!
+//! `BENCH_ENDPOINT_DELAY_MS=N` makes the endpoint answer each push after N ms, as a
+//! distant `@connections` would: the fan-out is then bound by waiting, not by CPU.
+//!
 //! CPU is this process's (client and endpoint together, from /proc/self/stat), so the
 //! per-push figure is an upper bound on the client's share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,8 +44,22 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5000);
+    let delay = Duration::from_millis(
+        std::env::var("BENCH_ENDPOINT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     // The endpoint: 200 for every PostToConnection, as @connections answers a live one.
-    let app = Router::new().route("/{stage}/@connections/{id}", post(|| async { "" }));
+    let app = Router::new().route(
+        "/{stage}/@connections/{id}",
+        post(move || async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            ""
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}/bench", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -65,14 +82,14 @@ async fn main() {
     let per_push_cpu_us = (cpu_seconds() - cpu) * 1e6 / pushes as f64;
     let per_push_wall_us = wall.elapsed().as_secs_f64() * 1e6 / pushes as f64;
     println!(
-        "PostToConnection through the SDK to a local endpoint, {pushes} pushes, one at a time:"
+        "PostToConnection through the SDK to a local endpoint answering after {delay:?}, {pushes} pushes, one at a time:"
     );
     println!(
         "  CPU {per_push_cpu_us:.0} µs a push (client + endpoint), {:.1} ms a question of 30 pushes; wall {per_push_wall_us:.0} µs a push",
         per_push_cpu_us * 30.0 / 1000.0
     );
 
-    // Fan-out of one event to N connections (64 pushes in flight at a time).
+    // Fan-out of one event to N connections (FANOUT_CONCURRENCY pushes in flight at a time).
     println!();
     println!("| connections | fan-out median ms | × one |");
     println!("|---:|---:|---:|");
