@@ -10,8 +10,13 @@
 //! alternating order, and the ratio function / hello world is reported as the geometric
 //! mean of the pairs' ratios with its 95 % confidence interval (t interval on the logs).
 //!
-//!     cargo build --release -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate -p seance-tests --bins
-//!     cargo run --release -p seance-tests --bin bench-coldstart [-- RUNS]
+//!     cargo build --release -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate
+//!     cargo build --release -p seance-tests --bin bench-coldstart --bin bench-hello-lambda
+//!     ./target/release/bench-coldstart [RUNS]
+//!
+//! Two builds, not one: built together with `seance-tests`, the functions would get the
+//! features Cargo unifies across the packages (the tests' SQLite) and be larger than what
+//! `sam build` deploys.
 //!
 //! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
