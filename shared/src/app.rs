@@ -11,11 +11,9 @@ use crate::personas::{PersonaError, Personas};
 use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
 use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::redis_client::{Redis, RedisUnavailable};
-use crate::spirit::SpiritProvider;
 use crate::spirit::queue::{NoQueue, QuestionQueue, SqsQueue};
 use crate::spirit::turn::Spirit;
 use crate::store::{Database, DynStore, StoreError};
-use crate::voice::VoiceProvider;
 use crate::voice::cache::{InProcessVoiceCache, RedisVoiceCache, VoiceCache};
 
 #[derive(Clone)]
@@ -32,11 +30,11 @@ pub struct App {
     pub pusher: Arc<dyn Pusher>,
     pub limiter: Arc<dyn RateLimiter>,
     pub board: Arc<Board>,
-    pub spirit: Arc<dyn SpiritProvider>,
     /// Where accepted questions go: SQS (`SPIRIT_QUEUE_URL`), or the harness's own queue.
     pub questions: Arc<dyn QuestionQueue>,
-    /// The spirit's voice (`VOICE_PROVIDER`), and its cache of identical answers.
-    pub voice: Option<Arc<dyn VoiceProvider>>,
+    /// The spirit's cache of identical answers' audio. The model and the voice themselves
+    /// are built by [`spirit_worker`](Self::spirit_worker), so a function that never
+    /// answers (the WebSocket functions, `sessions-api`) never links their HTTP client.
     pub voice_cache: Arc<dyn VoiceCache>,
 }
 
@@ -87,7 +85,6 @@ impl App {
                 Arc::new(InProcessRateLimiter::default()),
             ),
         };
-        let spirit = crate::spirit::build_provider(&config.spirit);
         let credentials = match config.profile {
             crate::config::Profile::Lambda => AwsCredentials::Environment,
             crate::config::Profile::Harness => AwsCredentials::for_harness(),
@@ -103,7 +100,6 @@ impl App {
             None => Arc::new(NoQueue),
         };
         let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(&config.aws_region, credentials));
-        let voice = crate::voice::build_voice(&config.voice);
         let voice_cache: Arc<dyn VoiceCache> = match &redis {
             Some(redis) => Arc::new(RedisVoiceCache::new(
                 redis.clone(),
@@ -118,9 +114,7 @@ impl App {
             pusher,
             limiter,
             board: Arc::new(Board::classic()),
-            spirit,
             questions,
-            voice,
             voice_cache,
             store: database.store_with(config.database_prepared_statements),
             tokens,
@@ -144,17 +138,18 @@ impl App {
         Self::for_lambda(crate::config::Needs::SPIRIT).spirit_worker()
     }
 
-    /// What the spirit's turn needs of this state: store, pushes, personas, board, model.
+    /// What the spirit's turn needs of this state: store, pushes, personas, board, and the
+    /// model and voice, built here from the configuration (no network I/O).
     pub fn spirit_worker(&self) -> Spirit {
         Spirit {
             store: self.store.clone(),
             broadcaster: self.broadcaster(),
             personas: self.personas.clone(),
             board: self.board.clone(),
-            provider: self.spirit.clone(),
+            provider: crate::spirit::build_provider(&self.config.spirit),
             config: Arc::new(self.config.spirit.clone()),
             endpoint: Arc::from(self.push_endpoint(None, None)),
-            voice: self.voice.clone(),
+            voice: crate::voice::build_voice(&self.config.voice),
             voice_cache: self.voice_cache.clone(),
         }
     }

@@ -166,6 +166,28 @@ pub enum VoiceConfig {
     },
 }
 
+impl VoiceConfig {
+    /// What `/health` calls it; the same words as the built voice's `describe`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::None => "none".to_owned(),
+            Self::Offline => "offline (hummed letters)".to_owned(),
+            Self::ElevenLabs { model, .. } => format!("elevenlabs ({model})"),
+        }
+    }
+}
+
+impl SpiritProviderConfig {
+    /// What `/health` calls it; the same words as the built provider's `describe`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Gemini { model, .. } => format!("gemini ({model})"),
+            Self::OpenAi { model, .. } => format!("openai-compatible ({model})"),
+            Self::Oracle { .. } => "oracle (offline)".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SpiritConfig {
     pub provider: SpiritProviderConfig,

@@ -404,11 +404,8 @@ pub async fn health(State(app): State<App>) -> Response {
         },
         redis: redis.unwrap_or("disconnected"),
         database_backend: app.store.backend(),
-        spirit: app.spirit.describe(),
-        voice: app
-            .voice
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), |voice| voice.describe()),
+        spirit: app.config.spirit.provider.describe(),
+        voice: app.config.voice.describe(),
         timestamp: Utc::now(),
     };
     let status = if healthy {

@@ -181,6 +181,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_configuration_describes_a_provider_as_the_provider_does() {
+        use crate::config::{Secret, SpiritProviderConfig};
+        for provider in [
+            SpiritProviderConfig::Gemini {
+                api_key: Secret::new("k"),
+                model: "gemini-flash-latest".into(),
+                base_url: "http://127.0.0.1:9".into(),
+            },
+            SpiritProviderConfig::OpenAi {
+                api_key: None,
+                model: "llama3".into(),
+                base_url: "http://127.0.0.1:9".into(),
+            },
+            SpiritProviderConfig::Oracle { seed: 7 },
+        ] {
+            let config = crate::config::Config::harness_defaults().spirit;
+            let config = crate::config::SpiritConfig {
+                provider: provider.clone(),
+                ..config
+            };
+            assert_eq!(build_provider(&config).describe(), provider.describe());
+        }
+    }
+
+    #[test]
     fn answers_are_cut_at_the_word_limit() {
         assert_eq!(cut_words("one two  three\nfour", 3), "one two three");
         assert_eq!(cut_words("short", 40), "short");

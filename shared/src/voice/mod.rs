@@ -163,6 +163,25 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_describes_a_voice_as_the_voice_does() {
+        use crate::config::{Secret, VoiceConfig};
+        assert!(build_voice(&VoiceConfig::None).is_none());
+        assert_eq!(VoiceConfig::None.describe(), "none");
+        for config in [
+            VoiceConfig::Offline,
+            VoiceConfig::ElevenLabs {
+                api_key: Secret::new("k"),
+                base_url: "http://127.0.0.1:9".into(),
+                model: "eleven_flash_v2_5".into(),
+                output_format: "mp3_44100_128".into(),
+            },
+        ] {
+            let built = build_voice(&config).map(|voice| voice.describe());
+            assert_eq!(built, Some(config.describe()));
+        }
+    }
+
+    #[test]
     fn timelines_join_relative_and_absolute_pieces() {
         let mut absolute = Timeline::default();
         absolute.extend(&alignment("ab", &[0.0, 0.1]));
