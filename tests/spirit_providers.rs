@@ -47,6 +47,7 @@ fn request() -> SpiritRequest {
 }
 
 fn gemini(mock: &MockLlm) -> Gemini {
+    seance::tls::install_crypto_provider();
     Gemini::new(
         reqwest::Client::new(),
         mock.base_url.clone(),
@@ -56,6 +57,7 @@ fn gemini(mock: &MockLlm) -> Gemini {
 }
 
 fn openai(mock: &MockLlm) -> OpenAiCompatible {
+    seance::tls::install_crypto_provider();
     OpenAiCompatible::new(
         reqwest::Client::new(),
         format!("{}/v1", mock.base_url),

@@ -27,7 +27,10 @@ const FORMAT: &str = "mp3_44100_128";
 
 fn provider(mock: &MockLlm) -> ElevenLabs {
     ElevenLabs::new(
-        reqwest::Client::new(),
+        {
+            seance::tls::install_crypto_provider();
+            reqwest::Client::new()
+        },
         mock.base_url.clone(),
         Secret::new("xi-test-key"),
         MODEL.into(),

@@ -34,6 +34,7 @@ async fn serves_on_port_zero_with_embedded_defaults_and_stops_on_ctrl_c() {
         .unwrap_or_else(|| panic!("first line names the address: {line}"))
         .to_owned();
 
+    seance::tls::install_crypto_provider();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let health: serde_json::Value = client
         .get(format!("{base}/health"))

@@ -11,7 +11,7 @@ use crate::personas::{PersonaError, Personas};
 use crate::push::{AwsCredentials, Broadcaster, ManagementApi, Pusher};
 use crate::ratelimit::{InProcessRateLimiter, RateLimiter, RedisRateLimiter};
 use crate::redis_client::{Redis, RedisUnavailable};
-use crate::spirit::queue::{NoQueue, QuestionQueue, SqsQueue};
+use crate::spirit::queue::{self, QuestionQueue, QueueBuilder};
 use crate::spirit::turn::Spirit;
 use crate::store::{Database, DynStore, StoreError};
 use crate::voice::cache::{InProcessVoiceCache, RedisVoiceCache, VoiceCache};
@@ -54,15 +54,32 @@ impl App {
     /// Start-up of every Lambda: configuration from the environment (Lambda profile),
     /// logs, then the state. A bad configuration prints one clear line naming the variable
     /// and exits, so the function fails its init instead of serving half-configured.
-    pub fn for_lambda(needs: crate::config::Needs) -> Self {
+    ///
+    /// `queue` builds where accepted questions go: [`queue::from_config`] in `ws-message`,
+    /// [`queue::none`] in the functions that accept none. Passed in rather than chosen
+    /// here, so a function that never names the SQS client does not link it.
+    pub fn for_lambda(needs: crate::config::Needs, queue: QueueBuilder) -> Self {
         lambda_start_up(needs, |config| {
             let websocket_url = config.public_ws_url.clone().unwrap_or_default();
-            Self::build(config, &websocket_url).map(|(app, _database)| app)
+            Self::build_with(config, &websocket_url, queue).map(|(app, _database)| app)
         })
     }
 
-    /// Builds the state without touching the network: pools connect on first use.
+    /// Builds the state without touching the network: pools connect on first use. Accepted
+    /// questions go to the queue `SPIRIT_QUEUE_URL` names, if any (the harness plugs in its
+    /// own otherwise).
     pub fn build(config: Config, websocket_url: &str) -> Result<(Self, Database), StartupError> {
+        Self::build_with(config, websocket_url, queue::from_config)
+    }
+
+    /// [`build`](Self::build), with the question queue built by `queue`.
+    pub fn build_with(
+        config: Config,
+        websocket_url: &str,
+        queue: QueueBuilder,
+    ) -> Result<(Self, Database), StartupError> {
+        // Before any TLS client is built (the Redis client and reqwest take the default).
+        crate::tls::install_crypto_provider();
         let database = Database::connect_lazy(&config)?;
         let redis = config.redis.as_ref().map(Redis::new).transpose()?;
         let tokens = TokenKeys::new(&config.jwt_secret, config.jwt_ttl);
@@ -89,16 +106,7 @@ impl App {
             crate::config::Profile::Lambda => AwsCredentials::Environment,
             crate::config::Profile::Harness => AwsCredentials::for_harness(),
         };
-        let questions: Arc<dyn QuestionQueue> = match &config.spirit.queue_url {
-            Some(url) => Arc::new(SqsQueue::new(
-                url,
-                &config.aws_region,
-                config.spirit.sqs_endpoint.as_deref(),
-                credentials.clone(),
-            )),
-            // Only the harness gets here; it plugs in its own queue.
-            None => Arc::new(NoQueue),
-        };
+        let questions = queue(&config, &credentials);
         let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(&config.aws_region, credentials));
         let voice_cache: Arc<dyn VoiceCache> = match &redis {
             Some(redis) => Arc::new(RedisVoiceCache::new(
@@ -135,7 +143,7 @@ impl App {
 
     /// Start-up of the `spirit` Lambda: the narrow set the spirit's turn needs.
     pub fn spirit_for_lambda() -> Spirit {
-        Self::for_lambda(crate::config::Needs::SPIRIT).spirit_worker()
+        Self::for_lambda(crate::config::Needs::SPIRIT, queue::none).spirit_worker()
     }
 
     /// What the spirit's turn needs of this state: store, pushes, personas, board, and the

@@ -20,6 +20,7 @@ pub mod session_end;
 pub mod spirit;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod voice;
 pub mod ws;
 

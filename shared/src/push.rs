@@ -162,6 +162,7 @@ impl ManagementApi {
             .or_insert_with(|| {
                 let config = aws_sdk_apigatewaymanagement::Config::builder()
                     .behavior_version(BehaviorVersion::latest())
+                    .http_client(crate::tls::aws_http_client())
                     .region(self.region.clone())
                     .credentials_provider(self.credentials.clone())
                     .endpoint_url(endpoint)

@@ -76,16 +76,11 @@ impl std::fmt::Debug for Redis {
     }
 }
 
-/// rustls needs one crypto provider for the process; the rest of the stack uses aws-lc-rs.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
 impl Redis {
     /// Builds the client; no network I/O. The URL and the CA were validated with the
     /// configuration.
     pub fn new(config: &RedisConfig) -> Result<Self, RedisUnavailable> {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let url = config.url.expose();
         let certs = || redis::TlsCertificates {
             client_tls: None,

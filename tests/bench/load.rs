@@ -368,7 +368,7 @@ fn summary(values: &mut [f64]) -> Value {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    seance::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

@@ -341,6 +341,7 @@ pub async fn spawn_app_with_options(config: Config, options: local_dev::Options)
     let harness = local_dev::spawn_with(config, options, std::future::pending())
         .await
         .expect("harness starts");
+    seance::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::limited(3))

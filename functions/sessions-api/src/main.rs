@@ -3,6 +3,9 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let app = seance::App::for_lambda(seance::config::Needs::SESSIONS_API);
+    let app = seance::App::for_lambda(
+        seance::config::Needs::SESSIONS_API,
+        seance::spirit::queue::none,
+    );
     lambda_http::run(seance::rest::router(app)).await
 }

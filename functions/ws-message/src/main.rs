@@ -6,7 +6,10 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let app = seance::App::for_lambda(seance::config::Needs::WS_MESSAGE);
+    let app = seance::App::for_lambda(
+        seance::config::Needs::WS_MESSAGE,
+        seance::spirit::queue::from_config,
+    );
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
             let app = app.clone();

@@ -99,6 +99,7 @@ pub trait SpiritProvider: Send + Sync + 'static {
 
 /// Builds the configured provider. Making the HTTP client does no network I/O.
 pub fn build_provider(config: &SpiritConfig) -> Arc<dyn SpiritProvider> {
+    crate::tls::install_crypto_provider();
     let http = || {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))

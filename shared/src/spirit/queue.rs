@@ -4,6 +4,7 @@
 //! message is only a nudge: the worker answers the session's oldest unanswered question as
 //! the database has it, so a nudge that arrives twice, late or out of order changes nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use aws_sdk_sqs::config::{BehaviorVersion, Region, retry::RetryConfig, timeout::
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::push::AwsCredentials;
 
 /// The body of a queue message.
@@ -99,6 +101,28 @@ impl SqsQueue {
     }
 }
 
+/// Builds where a process sends accepted questions (see [`App::for_lambda`](crate::App::for_lambda)).
+pub type QueueBuilder = fn(&Config, &AwsCredentials) -> Arc<dyn QuestionQueue>;
+
+/// The queue `SPIRIT_QUEUE_URL` names, or [`NoQueue`] without one (the harness, which plugs
+/// in its own).
+pub fn from_config(config: &Config, credentials: &AwsCredentials) -> Arc<dyn QuestionQueue> {
+    match &config.spirit.queue_url {
+        Some(url) => Arc::new(SqsQueue::new(
+            url,
+            &config.aws_region,
+            config.spirit.sqs_endpoint.as_deref(),
+            credentials.clone(),
+        )),
+        None => Arc::new(NoQueue),
+    }
+}
+
+/// No queue, for a function that accepts no questions.
+pub fn none(_config: &Config, _credentials: &AwsCredentials) -> Arc<dyn QuestionQueue> {
+    Arc::new(NoQueue)
+}
+
 /// An SQS client for this region and endpoint.
 pub fn sqs_client(
     region: &str,
@@ -107,6 +131,7 @@ pub fn sqs_client(
 ) -> aws_sdk_sqs::Client {
     let mut config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(crate::tls::aws_http_client())
         .region(Region::new(region.to_owned()))
         .credentials_provider(credentials.provider())
         .timeout_config(
@@ -139,8 +164,9 @@ impl QuestionQueue for SqsQueue {
     }
 }
 
-/// A queue that refuses everything: what a process has before its harness plugs in its
-/// own event source. Never used in Lambda (start-up requires `SPIRIT_QUEUE_URL` there).
+/// A queue that refuses everything: the Lambda functions that accept no questions have it,
+/// and so does the harness until it plugs in its own event source. `ws-message` never
+/// does (its start-up requires `SPIRIT_QUEUE_URL`).
 #[derive(Debug, Default)]
 pub struct NoQueue;
 

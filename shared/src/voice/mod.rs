@@ -85,10 +85,13 @@ pub fn build_voice(config: &crate::config::VoiceConfig) -> Option<Arc<dyn VoiceP
             model,
             output_format,
         } => Some(Arc::new(elevenlabs::ElevenLabs::new(
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            {
+                crate::tls::install_crypto_provider();
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap_or_default()
+            },
             base_url.clone(),
             api_key.clone(),
             model.clone(),
