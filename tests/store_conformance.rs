@@ -326,7 +326,6 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
 
     let (store, _db) = fresh_store(backend).await;
     let (session, host) = store.create_session(new_session(8)).await.unwrap();
-    assert!(!store.has_unanswered(session.id).await.unwrap());
     let mut ids = Vec::new();
     for (i, text) in ["first", "second"].iter().enumerate() {
         let mut accepting = store.begin_accept(session.id).await.unwrap();
@@ -353,7 +352,6 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         store.turn_state(session.id).await.unwrap(),
         Some(TurnState::Queued)
     );
-    assert!(store.has_unanswered(session.id).await.unwrap());
 
     let far = seance::store::now_ms() + 60_000;
     let Claim::Claimed(first) = store.claim_next_question(session.id, far).await.unwrap() else {
@@ -404,7 +402,10 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         store.turn_state(session.id).await.unwrap(),
         Some(TurnState::Queued)
     );
-    store.mark_answered(ids[0]).await.unwrap();
+    assert!(
+        store.mark_answered(ids[0]).await.unwrap(),
+        "marked, and the second question is still owed"
+    );
 
     // A claim that has run out (its worker died) is taken over, with the count going up.
     let gone = seance::store::now_ms() - 1;
@@ -439,11 +440,22 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         "one taker announces it"
     );
     assert!(
-        store.has_unanswered(session.id).await.unwrap(),
-        "a stored reply not yet announced is still owed"
+        store.mark_answered(ids[0]).await.unwrap(),
+        "marking a settled question again changes nothing, and a stored reply not yet \
+         announced is still owed"
     );
-    store.mark_answered(ids[1]).await.unwrap();
-    assert!(!store.has_unanswered(session.id).await.unwrap());
+    // Another séance's waiting question is not this one's.
+    let (elsewhere, elsewhere_host) = store.create_session(new_session(8)).await.unwrap();
+    let mut accepting = store.begin_accept(elsewhere.id).await.unwrap();
+    accepting
+        .insert_question(Uuid::now_v7(), &elsewhere_host, "Anyone?".into())
+        .await
+        .unwrap();
+    accepting.commit().await.unwrap();
+    assert!(
+        !store.mark_answered(ids[1]).await.unwrap(),
+        "nothing more owed in this séance"
+    );
     assert_eq!(
         store.claim_next_question(session.id, far).await.unwrap(),
         Claim::Nothing
@@ -474,7 +486,10 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     ));
     assert_eq!(store.turn_state(session.id).await.unwrap(), None);
     assert_eq!(store.drop_unanswered(session.id).await.unwrap(), 0);
-    assert!(!store.has_unanswered(session.id).await.unwrap());
+    assert!(
+        !store.mark_answered(ids[2]).await.unwrap(),
+        "a dropped question stays dropped, and nothing is owed"
+    );
     let page = store.messages_before(session.id, None, 10).await.unwrap();
     let replies: Vec<_> = page
         .messages

@@ -110,13 +110,15 @@ impl Spirit {
     pub async fn take_turns(&self, ticket: &Ticket, deadline: Deadline) -> Result<(), TurnError> {
         let session_id = ticket.session_id;
         let endpoint = ticket.endpoint.as_deref().unwrap_or(&self.endpoint);
-        let mut first = true;
+        // What the last answered mark said: whether the session still owes an answer.
+        // `None` before the first claim, and after a turn that marked nothing.
+        let mut owed = None;
         loop {
-            // After an answer, a plain read first: the claim takes the session's lock (a
-            // transaction that writes, so a commit to flush), and most answers leave
-            // nothing behind them. Nothing missed: a question accepted after this read
-            // has its own queue message, sent once its acceptance committed.
-            if !std::mem::take(&mut first) && !self.store.has_unanswered(session_id).await? {
+            // The claim takes the session's lock (a transaction that writes, so a commit to
+            // flush), and most answers leave nothing behind them: the answered mark reads
+            // whether another question waits. Nothing missed: a question accepted after
+            // that read has its own queue message, sent once its acceptance committed.
+            if owed.take() == Some(false) {
                 return Ok(());
             }
             // The claim reads the session under its lock: no read of its own here.
@@ -129,7 +131,7 @@ impl Spirit {
                 Claim::Nothing => return Ok(()),
                 Claim::InProgress => return Err(TurnError::Busy),
                 Claim::Replied { question, reply } => {
-                    self.announce_stored(endpoint, &question, reply).await?;
+                    owed = Some(self.announce_stored(endpoint, &question, reply).await?);
                     continue;
                 }
                 Claim::Ended => {
@@ -150,14 +152,15 @@ impl Spirit {
                 .saturating_duration_since(Instant::now())
                 .saturating_sub(REPLY_MARGIN);
             let budget = self.config.deadline.min(left);
-            self.answer(
-                endpoint,
-                &persona,
-                &claimed,
-                session.max_participants,
-                budget,
-            )
-            .await?;
+            owed = self
+                .answer(
+                    endpoint,
+                    &persona,
+                    &claimed,
+                    session.max_participants,
+                    budget,
+                )
+                .await?;
         }
     }
 
@@ -168,7 +171,9 @@ impl Spirit {
         }
     }
 
-    /// Answers one claimed question, start to finish, within `budget`.
+    /// Answers one claimed question, start to finish, within `budget`; what its answered
+    /// mark said of the session (see [`Store::mark_answered`](crate::store::Store::mark_answered)),
+    /// `None` when the answer was not this worker's to announce.
     async fn answer(
         &self,
         endpoint: &str,
@@ -176,7 +181,7 @@ impl Spirit {
         claimed: &ClaimedQuestion,
         seats: u32,
         budget: Duration,
-    ) -> Result<(), TurnError> {
+    ) -> Result<Option<bool>, TurnError> {
         let question = &claimed.message;
         let session_id = question.session_id;
         // `attempts` above 1: the earlier ones died before they stored a reply.
@@ -254,9 +259,9 @@ impl Spirit {
             Ok(ReplyOutcome::Stored(message)) => message,
             Ok(ReplyOutcome::AlreadyAnswered) => {
                 tracing::info!(question_id = %question.id, "already answered; not announcing twice");
-                return Ok(());
+                return Ok(None);
             }
-            Err(StoreError::SessionEnded) => return Ok(()),
+            Err(StoreError::SessionEnded) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
         tracing::info!(
@@ -268,10 +273,12 @@ impl Spirit {
         );
         self.announce(endpoint, question.id, message, path, fallback)
             .await
+            .map(Some)
     }
 
     /// Pushes an answer to the room, and only then marks its question answered: the next
-    /// question's turn may begin only now (see `Store::store_reply`).
+    /// question's turn may begin only now (see `Store::store_reply`). Whether the session
+    /// still owes an answer.
     async fn announce(
         &self,
         endpoint: &str,
@@ -279,7 +286,7 @@ impl Spirit {
         message: Message,
         planchette: Vec<PathPoint>,
         fallback: bool,
-    ) -> Result<(), TurnError> {
+    ) -> Result<bool, TurnError> {
         let session_id = message.session_id;
         self.broadcaster
             .broadcast(
@@ -293,8 +300,7 @@ impl Spirit {
                 Audience::Everyone,
             )
             .await;
-        self.store.mark_answered(question_id).await?;
-        Ok(())
+        Ok(self.store.mark_answered(question_id).await?)
     }
 
     /// Announces a reply that a worker stored but died before announcing, then settles
@@ -305,7 +311,7 @@ impl Spirit {
         endpoint: &str,
         claimed: &ClaimedQuestion,
         reply: Message,
-    ) -> Result<(), TurnError> {
+    ) -> Result<bool, TurnError> {
         let question_id = claimed.message.id;
         tracing::info!(%question_id, attempts = claimed.attempts, "a stored reply was never announced; announcing it");
         let path = planchette::path(&self.board, self.pace(), &reply.content);

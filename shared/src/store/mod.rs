@@ -222,12 +222,6 @@ pub trait Store: Send + Sync + 'static {
         until_ms: i64,
     ) -> Result<Claim, StoreError>;
 
-    /// Whether the session has a question not yet answered (queued, thinking, or
-    /// speaking, a stored reply not yet announced included). A plain read, no lock: the
-    /// spirit's turn asks it after an answer before claiming again, since a question
-    /// accepted after this read comes with a queue message of its own.
-    async fn has_unanswered(&self, session_id: Uuid) -> Result<bool, StoreError>;
-
     /// Marks a claimed question as speaking (its first words went out).
     async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError>;
 
@@ -244,8 +238,12 @@ pub trait Store: Send + Sync + 'static {
         content: String,
     ) -> Result<ReplyOutcome, StoreError>;
 
-    /// Marks a question answered once its stored reply has been announced.
-    async fn mark_answered(&self, question_id: Uuid) -> Result<(), StoreError>;
+    /// Marks a question answered once its stored reply has been announced, and tells, in
+    /// the same statement, whether its session still owes another answer (a question
+    /// queued, thinking or speaking, a stored reply not yet announced included), read with
+    /// the update's snapshot: the spirit's turn goes on to claim the next question only
+    /// then. A question accepted after that read comes with a queue message of its own.
+    async fn mark_answered(&self, question_id: Uuid) -> Result<bool, StoreError>;
 
     /// Marks every unanswered question of the session dropped (it ended); how many.
     async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;

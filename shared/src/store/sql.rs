@@ -205,9 +205,6 @@ const COUNT_UNANSWERED: &str = "SELECT COUNT(*) AS n FROM messages \
 const INSERT_QUESTION: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at, turn) \
      VALUES ($1, $2, 'question', $3, $4, NULL, $5, 'queued')";
 
-const ANY_UNANSWERED: &str = "SELECT EXISTS (SELECT 1 FROM messages \
-     WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')) AS any";
-
 const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, m.claimed_until, \
             p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat, \
             r.id AS reply_id, r.content AS reply_content, r.created_at AS reply_created_at \
@@ -229,6 +226,18 @@ const INSERT_REPLY: &str = "INSERT INTO messages (id, session_id, kind, author_i
      ON CONFLICT DO NOTHING RETURNING session_id";
 
 const HAS_REPLY: &str = "SELECT 1 AS one FROM messages WHERE in_reply_to = $1 AND kind = 'spirit'";
+
+// The session's other unsettled questions are read with the update's snapshot; `o.id <>`
+// keeps the answer the same whether a backend's subquery sees the row before or after.
+const MARK_ANSWERED: &str = "UPDATE messages SET turn = 'answered' \
+     WHERE id = $1 AND turn IN ('queued', 'thinking', 'speaking') \
+     RETURNING EXISTS (SELECT 1 FROM messages o WHERE o.session_id = messages.session_id \
+     AND o.id <> messages.id AND o.turn IN ('queued', 'thinking', 'speaking')) AS more";
+
+// When the question was settled already (by another worker, or the session's end).
+const OWED_BESIDE: &str = "SELECT EXISTS (SELECT 1 FROM messages o \
+     WHERE o.session_id = (SELECT q.session_id FROM messages q WHERE q.id = $1) \
+     AND o.turn IN ('queued', 'thinking', 'speaking')) AS more";
 
 const SETTLE_QUESTION: &str =
     "UPDATE messages SET turn = $2 WHERE id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
@@ -701,15 +710,6 @@ macro_rules! impl_sql_store {
                 Ok(Claim::Claimed(question))
             }
 
-            async fn has_unanswered(&self, session_id: Uuid) -> Result<bool, StoreError> {
-                Ok(sqlx::query(ANY_UNANSWERED)
-                    .persistent(self.prepared)
-                    .bind(session_id)
-                    .fetch_one(&self.pool)
-                    .await?
-                    .try_get("any")?)
-            }
-
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
                 sqlx::query(MARK_SPEAKING)
                     .persistent(self.prepared)
@@ -773,14 +773,23 @@ macro_rules! impl_sql_store {
                 Err(StoreError::SessionEnded)
             }
 
-            async fn mark_answered(&self, question_id: Uuid) -> Result<(), StoreError> {
-                sqlx::query(SETTLE_QUESTION)
+            async fn mark_answered(&self, question_id: Uuid) -> Result<bool, StoreError> {
+                let marked = sqlx::query(MARK_ANSWERED)
                     .persistent(self.prepared)
                     .bind(question_id)
-                    .bind(TurnState::Answered.as_str())
-                    .execute(&self.pool)
+                    .fetch_optional(&self.pool)
                     .await?;
-                Ok(())
+                let row = match marked {
+                    Some(row) => row,
+                    None => {
+                        sqlx::query(OWED_BESIDE)
+                            .persistent(self.prepared)
+                            .bind(question_id)
+                            .fetch_one(&self.pool)
+                            .await?
+                    }
+                };
+                Ok(row.try_get("more")?)
             }
 
             async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
