@@ -832,6 +832,11 @@ async fn openapi_and_swagger_ui_are_served() {
     assert_eq!(docs.status(), 200);
     let html = docs.text().await.unwrap();
     assert!(html.to_lowercase().contains("swagger"), "{html}");
+    // The UI loads the document from the route above.
+    let initializer = app.get("/docs/swagger-initializer.js").await;
+    assert_eq!(initializer.status(), 200);
+    let script = initializer.text().await.unwrap();
+    assert!(script.contains("\"/openapi.json\""), "{script}");
 }
 
 #[tokio::test]

@@ -43,6 +43,22 @@ async fn question(
         .unwrap()
 }
 
+/// A question accepted as `send_message` accepts one: under the session's lock, committed.
+async fn accept(
+    store: &DynStore,
+    session: Uuid,
+    author: &Participant,
+    text: &str,
+) -> seance::domain::Message {
+    let mut accepting = store.begin_accept(session).await.unwrap();
+    let message = accepting
+        .insert_question(Uuid::now_v7(), author, text.into())
+        .await
+        .unwrap();
+    accepting.commit().await.unwrap();
+    message
+}
+
 async fn answer(store: &DynStore, session: Uuid, to: Uuid, text: &str) -> seance::domain::Message {
     store
         .add_message(NewMessage {
@@ -446,12 +462,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     );
     // Another séance's waiting question is not this one's.
     let (elsewhere, elsewhere_host) = store.create_session(new_session(8)).await.unwrap();
-    let mut accepting = store.begin_accept(elsewhere.id).await.unwrap();
-    accepting
-        .insert_question(Uuid::now_v7(), &elsewhere_host, "Anyone?".into())
-        .await
-        .unwrap();
-    accepting.commit().await.unwrap();
+    accept(&store, elsewhere.id, &elsewhere_host, "Anyone?").await;
     assert!(
         !store.mark_answered(ids[1]).await.unwrap(),
         "nothing more owed in this séance"
@@ -460,12 +471,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         store.claim_next_question(session.id, far).await.unwrap(),
         Claim::Nothing
     );
-    let mut accepting = store.begin_accept(session.id).await.unwrap();
-    accepting
-        .insert_question(Uuid::now_v7(), &host, "third".into())
-        .await
-        .unwrap();
-    accepting.commit().await.unwrap();
+    accept(&store, session.id, &host, "third").await;
     let Claim::Claimed(next) = store.claim_next_question(session.id, far).await.unwrap() else {
         panic!("the next question is claimed once the last is settled");
     };

@@ -47,7 +47,13 @@ pub fn router(app: App) -> Router {
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route("/api/sessions/{id}/end", post(end_session))
         .route("/asyncapi.json", get(asyncapi))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi(&app)))
+        // The document is built when asked for, not at start-up: it is a large tree of
+        // schemas, and a cold start of this function seldom serves it.
+        .route("/openapi.json", get(openapi_json))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -371,6 +377,10 @@ pub struct MessagesBody {
 // Handlers.
 
 /// The WebSocket protocol as AsyncAPI 3 (the REST routes are `/openapi.json`).
+async fn openapi_json(State(app): State<App>) -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi(&app))
+}
+
 async fn asyncapi() -> axum::Json<serde_json::Value> {
     axum::Json(crate::asyncapi::document())
 }
