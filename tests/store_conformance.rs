@@ -569,12 +569,7 @@ async fn without_prepared_statements_nothing_is_prepared() {
             .join_session(session.id, &DisplayName::parse("Bob").unwrap())
             .await
             .unwrap();
-        let mut accepting = store.begin_accept(session.id).await.unwrap();
-        accepting
-            .insert_question(Uuid::now_v7(), &host, "Anyone?".into())
-            .await
-            .unwrap();
-        accepting.commit().await.unwrap();
+        accept(&store, session.id, &host, "Anyone?").await;
         store.messages_before(session.id, None, 10).await.unwrap();
         let seance::store::Database::Postgres(pool) = &database else {
             unreachable!("a PostgreSQL database")

@@ -34,15 +34,21 @@ pub fn aws_http_client() -> SharedHttpClient {
 mod tests {
     use super::*;
 
+    /// What tells providers apart: their key exchange groups and cipher suites.
+    fn fingerprint(provider: &rustls::crypto::CryptoProvider) -> String {
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+        format!("{groups:?} {suites:?}")
+    }
+
     #[test]
     fn ring_is_the_process_default_once_installed() {
         install_crypto_provider();
         install_crypto_provider();
-        let installed =
-            rustls::crypto::CryptoProvider::get_default().map(|p| p.cipher_suites.len());
+        let installed = rustls::crypto::CryptoProvider::get_default().map(|p| fingerprint(p));
         assert_eq!(
             installed,
-            Some(rustls::crypto::ring::default_provider().cipher_suites.len())
+            Some(fingerprint(&rustls::crypto::ring::default_provider()))
         );
     }
 }

@@ -239,8 +239,8 @@ const OWED_BESIDE: &str = "SELECT EXISTS (SELECT 1 FROM messages o \
      WHERE o.session_id = (SELECT q.session_id FROM messages q WHERE q.id = $1) \
      AND o.turn IN ('queued', 'thinking', 'speaking')) AS more";
 
-const SETTLE_QUESTION: &str =
-    "UPDATE messages SET turn = $2 WHERE id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
+const DROP_QUESTION: &str = "UPDATE messages SET turn = 'dropped' \
+     WHERE id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
 
 const DROP_UNANSWERED: &str = "UPDATE messages SET turn = 'dropped' \
      WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
@@ -763,10 +763,9 @@ macro_rules! impl_sql_store {
                     tx.commit().await?;
                     return Ok(ReplyOutcome::AlreadyAnswered);
                 }
-                sqlx::query(SETTLE_QUESTION)
+                sqlx::query(DROP_QUESTION)
                     .persistent(self.prepared)
                     .bind(question_id)
-                    .bind(TurnState::Dropped.as_str())
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
