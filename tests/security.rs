@@ -83,6 +83,7 @@ fn b64(value: &Value) -> String {
 /// not what signs it).
 fn sign_with(header: Value, claims: &Value, secret: &[u8]) -> String {
     use jsonwebtoken::crypto::sign;
+    seance::auth::hs256::install();
     let signing_input = format!("{}.{}", b64(&header), b64(claims));
     let signature = sign(
         signing_input.as_bytes(),

@@ -62,6 +62,7 @@ impl std::fmt::Debug for TokenKeys {
 
 impl TokenKeys {
     pub fn new(secret: &JwtSecret, ttl: Duration) -> Self {
+        hs256::install();
         let (bytes, ephemeral) = match secret {
             JwtSecret::Configured(secret) => (secret.expose().as_bytes().to_vec(), false),
             JwtSecret::Ephemeral => (ephemeral_secret(), true),
@@ -127,6 +128,116 @@ impl TokenKeys {
             return Err(AuthError::Invalid);
         }
         Ok(claims)
+    }
+}
+
+/// jsonwebtoken's cryptography: HS256 on ring (which TLS links anyway), and nothing else.
+/// The crate's own providers choose the algorithm at run time from the key and header, so
+/// with them every function that checks a token linked RSA, ECDSA and EdDSA code it never
+/// runs (and compiled the `rsa` crate). Any other algorithm is refused here as well as by
+/// [`Validation`], which only admits HS256.
+pub mod hs256 {
+    use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::jwk::{EllipticCurve, ThumbprintHash};
+    use jsonwebtoken::signature::{self, Signer, Verifier};
+    use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+    use ring::hmac;
+
+    static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory,
+        verifier_factory,
+        // JWKs are never read: each helper refuses rather than panics.
+        key_utils: KeyUtils {
+            rsa_pub_components_from_private_key: no_components,
+            rsa_pub_components_from_public_key: no_components,
+            ec_pub_components_from_private_key: no_ec_components,
+            ed_pub_components_from_private_key: no_ed_component,
+            compute_digest: no_digest,
+        },
+    };
+
+    /// Makes this jsonwebtoken's provider for the process. Idempotent; called by
+    /// [`TokenKeys::new`](super::TokenKeys::new), so before any token is signed or checked.
+    pub fn install() {
+        // `Err` only means a provider is already installed, and only this module installs.
+        let _ = PROVIDER.install_default();
+    }
+
+    /// An HMAC-SHA256 key.
+    struct Hs256(hmac::Key);
+
+    impl Hs256 {
+        fn new(algorithm: Algorithm, family: AlgorithmFamily, secret: &[u8]) -> Result<Self> {
+            if algorithm != Algorithm::HS256 {
+                return Err(ErrorKind::InvalidAlgorithm.into());
+            }
+            if family != AlgorithmFamily::Hmac {
+                return Err(ErrorKind::InvalidKeyFormat.into());
+            }
+            Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+        }
+    }
+
+    fn signer_factory(algorithm: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+        Ok(Box::new(Hs256::new(
+            *algorithm,
+            key.family(),
+            key.as_bytes(),
+        )?))
+    }
+
+    fn verifier_factory(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+        Ok(Box::new(Hs256::new(
+            *algorithm,
+            key.family(),
+            key.try_get_as_bytes()?,
+        )?))
+    }
+
+    impl Signer<Vec<u8>> for Hs256 {
+        fn try_sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            Ok(hmac::sign(&self.0, message).as_ref().to_vec())
+        }
+    }
+
+    impl Verifier<Vec<u8>> for Hs256 {
+        /// Constant-time comparison (ring's `verify`).
+        fn verify(
+            &self,
+            message: &[u8],
+            tag: &Vec<u8>,
+        ) -> std::result::Result<(), signature::Error> {
+            hmac::verify(&self.0, message, tag).map_err(|_| signature::Error::new())
+        }
+    }
+
+    impl JwtSigner for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    impl JwtVerifier for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    fn no_components(_: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        Err(ErrorKind::InvalidAlgorithm.into())
+    }
+
+    fn no_ec_components(_: &[u8], _: Algorithm) -> Result<(EllipticCurve, Vec<u8>, Vec<u8>)> {
+        Err(ErrorKind::InvalidAlgorithm.into())
+    }
+
+    fn no_ed_component(_: &[u8], _: &EllipticCurve) -> Result<Vec<u8>> {
+        Err(ErrorKind::InvalidAlgorithm.into())
+    }
+
+    fn no_digest(_: &[u8], _: ThumbprintHash) -> Result<Vec<u8>> {
+        Err(ErrorKind::InvalidAlgorithm.into())
     }
 }
 
@@ -254,6 +365,48 @@ mod tests {
         let token = a.issue(Uuid::new_v4(), &someone()).unwrap();
         assert!(a.verify(&token).is_ok());
         assert_eq!(b.verify(&token), Err(AuthError::Invalid));
+    }
+
+    /// RFC 7515, appendix A.1: the HS256 example's signing input, key and signature.
+    #[test]
+    fn hs256_matches_the_rfc_example_and_refuses_other_algorithms() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use jsonwebtoken::crypto::{sign, verify};
+
+        hs256::install();
+        let key = URL_SAFE_NO_PAD
+            .decode(
+                "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow",
+            )
+            .unwrap();
+        let input = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.\
+                     eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+        let expected = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let encoding = EncodingKey::from_secret(&key);
+        let decoding = DecodingKey::from_secret(&key);
+        assert_eq!(
+            sign(input.as_bytes(), &encoding, Algorithm::HS256).unwrap(),
+            expected
+        );
+        assert!(verify(expected, input.as_bytes(), &decoding, Algorithm::HS256).unwrap());
+        // One bit of the message or of the tag changed: refused.
+        let altered = input.replacen("eyJp", "eyJq", 1);
+        assert!(!verify(expected, altered.as_bytes(), &decoding, Algorithm::HS256).unwrap());
+        let other_tag = "eBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        assert!(!verify(other_tag, input.as_bytes(), &decoding, Algorithm::HS256).unwrap());
+        // Every other algorithm is refused, not computed.
+        for algorithm in [
+            Algorithm::HS384,
+            Algorithm::HS512,
+            Algorithm::RS256,
+            Algorithm::ES256,
+        ] {
+            let err = sign(input.as_bytes(), &encoding, algorithm).unwrap_err();
+            assert_eq!(err.kind(), &ErrorKind::InvalidAlgorithm, "{algorithm:?}");
+            let err = verify(expected, input.as_bytes(), &decoding, algorithm).unwrap_err();
+            assert_eq!(err.kind(), &ErrorKind::InvalidAlgorithm, "{algorithm:?}");
+        }
     }
 
     #[test]
