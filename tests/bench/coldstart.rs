@@ -19,6 +19,10 @@
 //! `sam build` deploys.
 //!
 //! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
+//! `SSL_CERT_FILE`, when set, is passed on to the functions (their environment is otherwise
+//! cleared): the SDK's HTTP client then reads that one bundle for its root certificates
+//! instead of every file of the system's certificate directories. Unset it
+//! (`env -u SSL_CERT_FILE`) to start the functions as Lambda does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -187,6 +191,11 @@ async fn start_once(
         .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
         .env("APIGW_MANAGEMENT_ENDPOINT", format!("http://{addr}/local"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(
+            std::env::var("SSL_CERT_FILE")
+                .ok()
+                .map(|v| ("SSL_CERT_FILE", v)),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
