@@ -65,9 +65,6 @@ pub trait ConnectionStore: Send + Sync + 'static {
 
     /// Whether [`tombstone`](Self::tombstone) marked this connection.
     async fn is_tombstoned(&self, connection_id: &str) -> Result<bool, ConnectionStoreError>;
-
-    /// One round trip, for health checks.
-    async fn ping(&self) -> Result<(), ConnectionStoreError>;
 }
 
 /// How long a tombstone is kept: longer than any `$connect` can take (29 s).
@@ -192,10 +189,6 @@ impl ConnectionStore for InProcessConnections {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(connection_id)
             .is_some_and(|at| at.elapsed() < TOMBSTONE_TTL))
-    }
-
-    async fn ping(&self) -> Result<(), ConnectionStoreError> {
-        Ok(())
     }
 }
 
@@ -436,10 +429,6 @@ impl ConnectionStore for RedisConnections {
             .query_async::<bool>(&mut conn)
             .await
             .map_err(redis_err)
-    }
-
-    async fn ping(&self) -> Result<(), ConnectionStoreError> {
-        self.redis.ping().await.map_err(redis_err)
     }
 }
 
