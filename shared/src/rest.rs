@@ -376,11 +376,12 @@ pub struct MessagesBody {
 // ---------------------------------------------------------------------------------------
 // Handlers.
 
-/// The WebSocket protocol as AsyncAPI 3 (the REST routes are `/openapi.json`).
+/// The REST routes as OpenAPI, built on each request (see the router).
 async fn openapi_json(State(app): State<App>) -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(openapi(&app))
 }
 
+/// The WebSocket protocol as AsyncAPI 3 (the REST routes are `/openapi.json`).
 async fn asyncapi() -> axum::Json<serde_json::Value> {
     axum::Json(crate::asyncapi::document())
 }

@@ -191,11 +191,6 @@ async fn start_once(
         .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
         .env("APIGW_MANAGEMENT_ENDPOINT", format!("http://{addr}/local"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .envs(
-            std::env::var("SSL_CERT_FILE")
-                .ok()
-                .map(|v| ("SSL_CERT_FILE", v)),
-        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -276,7 +271,7 @@ async fn main() {
             "migration status (PostgreSQL)",
         ),
     ];
-    let env: Vec<(&str, String)> = vec![
+    let mut env: Vec<(&str, String)> = vec![
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
         ("AWS_LAMBDA_LOG_STREAM_NAME", "bench".into()),
@@ -295,6 +290,9 @@ async fn main() {
         ),
         ("LOG_LEVEL", "warn".into()),
     ];
+    if let Ok(bundle) = std::env::var("SSL_CERT_FILE") {
+        env.push(("SSL_CERT_FILE", bundle));
+    }
     let hello = bin_dir.join("bench-hello-lambda");
     assert!(
         hello.exists(),
