@@ -3,13 +3,14 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 #[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use super::{
@@ -48,9 +49,22 @@ impl Database {
             if !config.database_prepared_statements {
                 options = options.statement_cache_capacity(0);
             }
+            let last_acquire = Arc::new(AtomicI64::new(0));
             let pool = PgPoolOptions::new()
                 .max_connections(config.database_max_connections)
                 .acquire_timeout(Duration::from_secs(3))
+                // sqlx would ping every connection it hands out (a round trip of its own
+                // before each statement or transaction); only one that may have gone stale is.
+                .test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    let stale = may_be_stale(&last_acquire, meta.idle_for);
+                    Box::pin(async move {
+                        if stale {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(options);
             Ok(Self::Postgres(pool))
         }
@@ -84,6 +98,8 @@ impl Database {
                 })?;
             }
             SqlitePoolOptions::new()
+                // A SQLite connection is a file handle: nothing to find gone.
+                .test_before_acquire(false)
                 .max_connections(config.database_max_connections)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_lazy_with(options.journal_mode(SqliteJournalMode::Wal))
@@ -127,6 +143,23 @@ impl Database {
             Self::Sqlite(pool) => pool.close().await,
         }
     }
+}
+
+/// A pooled connection idle for this long is pinged before use.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// Whether a connection about to be handed out may have been closed under us (a database
+/// restart or failover, a proxy's idle timeout) and should be pinged first: when it sat idle
+/// for [`PING_WHEN_IDLE_FOR`], or when the whole pool did, by the wall clock. The second is
+/// for Lambda, which freezes the process between invocations: whether the monotonic clock
+/// behind `idle_for` runs through a freeze is not promised, the wall clock is set right
+/// after it. Under load neither holds and no statement waits on a ping; a connection that
+/// died anyway fails its statement (`StoreError::Unavailable`) and sqlx drops it on release.
+fn may_be_stale(last_acquire: &AtomicI64, idle_for: Duration) -> bool {
+    let now = super::now_ms();
+    let before = last_acquire.swap(now, Ordering::Relaxed);
+    let gap_ms = i64::try_from(PING_WHEN_IDLE_FOR.as_millis()).unwrap_or(i64::MAX);
+    idle_for >= PING_WHEN_IDLE_FOR || now.saturating_sub(before) >= gap_ms
 }
 
 #[derive(Debug, Clone)]
@@ -855,3 +888,30 @@ impl_sql_store!(
     "sqlite",
     SQLITE_LOCK_SESSION
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_pinged_only_after_an_idle_spell() {
+        let last_acquire = AtomicI64::new(0);
+        assert!(
+            may_be_stale(&last_acquire, Duration::ZERO),
+            "the pool's first acquire in a while pings"
+        );
+        assert!(
+            !may_be_stale(&last_acquire, Duration::from_millis(5)),
+            "a busy pool's connection is not pinged"
+        );
+        assert!(
+            may_be_stale(&last_acquire, PING_WHEN_IDLE_FOR),
+            "a connection idle for the threshold is"
+        );
+        last_acquire.store(super::super::now_ms() - 60_000, Ordering::Relaxed);
+        assert!(
+            may_be_stale(&last_acquire, Duration::ZERO),
+            "so is any after the pool sat idle by the wall clock (a frozen Lambda)"
+        );
+    }
+}
