@@ -25,6 +25,12 @@ const POSTGRES: &[Script] = &[
         include_str!("../../../migrations/postgres/0002_spirit_turns.up.sql"),
         include_str!("../../../migrations/postgres/0002_spirit_turns.down.sql"),
     ),
+    (
+        3,
+        "turn functions",
+        include_str!("../../../migrations/postgres/0003_turn_functions.up.sql"),
+        include_str!("../../../migrations/postgres/0003_turn_functions.down.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]

@@ -1,5 +1,8 @@
 //! The PostgreSQL and SQLite stores. Both speak the same SQL (`$N` placeholders work in
-//! SQLite too), so one macro writes both implementations and they cannot drift.
+//! SQLite too), so one macro writes both implementations and they cannot drift; the two
+//! exceptions are opening a question's acceptance and claiming a question, which PostgreSQL
+//! does by calling a function of its migrations (one round trip instead of two and five),
+//! and the conformance suite holds both to the same behaviour.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -221,23 +224,27 @@ const MESSAGES_AFTER: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in
      FROM messages m LEFT JOIN participants p ON p.id = m.author_id \
      WHERE m.session_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3";
 
-// The session's row, locked to the end of the transaction. PostgreSQL: the row lock an
-// UPDATE would take (FOR NO KEY UPDATE), without writing a new version of the row three
-// times a question.
-const PG_LOCK_SESSION: &str = "SELECT id, name, persona, status, participant_count, max_participants, created_at \
-     FROM sessions WHERE id = $1 FOR NO KEY UPDATE";
+// PostgreSQL's acceptance lock and count, and its whole claim, are functions of migration
+// 0003 (`migrations/postgres/0003_turn_functions.up.sql`): one round trip each.
+const PG_LOCK_FOR_QUESTION: &str = "SELECT id, name, persona, status, participant_count, \
+     max_participants, created_at, unanswered FROM seance_lock_for_question($1)";
+
+const PG_CLAIM_NEXT: &str = "SELECT * FROM seance_claim_next($1, $2, $3)";
+
 // SQLite has no row locks: a write that changes nothing takes the database's write lock.
 #[cfg(feature = "sqlite")]
 const SQLITE_LOCK_SESSION: &str = "UPDATE sessions SET status = status WHERE id = $1 \
      RETURNING id, name, persona, status, participant_count, max_participants, created_at";
 
+#[cfg(feature = "sqlite")]
 const COUNT_UNANSWERED: &str = "SELECT COUNT(*) AS n FROM messages \
      WHERE session_id = $1 AND turn IN ('queued', 'thinking', 'speaking')";
 
-// Only ever run under the session's lock (PG_LOCK_SESSION, SQLITE_LOCK_SESSION), after the session was seen active.
+// Only ever run under the session's lock (seance_lock_for_question, SQLITE_LOCK_SESSION), after the session was seen active.
 const INSERT_QUESTION: &str = "INSERT INTO messages (id, session_id, kind, author_id, content, in_reply_to, created_at, turn) \
      VALUES ($1, $2, 'question', $3, $4, NULL, $5, 'queued')";
 
+#[cfg(feature = "sqlite")]
 const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in_reply_to, m.created_at, m.turn, m.attempts, m.claimed_until, \
             p.id AS author_id, p.display_name AS author_name, p.role AS author_role, p.seat AS author_seat, \
             r.id AS reply_id, r.content AS reply_content, r.created_at AS reply_created_at \
@@ -246,6 +253,7 @@ const OLDEST_UNANSWERED: &str = "SELECT m.id, m.session_id, m.kind, m.content, m
      WHERE m.session_id = $1 AND m.turn IN ('queued', 'thinking', 'speaking') ORDER BY m.seq ASC LIMIT 1";
 
 // The claim: only if nobody claimed it since we read its attempt count.
+#[cfg(feature = "sqlite")]
 const CLAIM_QUESTION: &str = "UPDATE messages SET turn = 'thinking', attempts = attempts + 1, claimed_until = $3 \
      WHERE id = $1 AND attempts = $2 AND turn IN ('queued', 'thinking', 'speaking')";
 
@@ -299,7 +307,7 @@ fn turn_of(raw: &str) -> Result<TurnState, StoreError> {
 }
 
 macro_rules! impl_sql_store {
-    ($store:ident, $acceptance:ident, $db:ty, $row:ty, $backend:literal, $lock_session:ident) => {
+    ($store:ident, $acceptance:ident, $db:ty, $row:ty, $backend:literal) => {
         /// An open acceptance: the transaction holding the session's lock.
         pub struct $acceptance {
             tx: sqlx::Transaction<'static, $db>,
@@ -402,6 +410,38 @@ macro_rules! impl_sql_store {
                     in_reply_to: row.try_get("in_reply_to")?,
                     created_at: row.try_get("created_at")?,
                 })
+            }
+
+            /// The claim a claiming read's row stands for, once this caller holds it: the
+            /// question to answer, or a reply stored by a worker that died before announcing
+            /// it (announce it, don't answer). `attempts` is the count before this claim.
+            fn claimed_from_row(
+                row: &$row,
+                session: Session,
+                attempts: i32,
+            ) -> Result<Claim, StoreError> {
+                let message = Self::message_from_row(row)?;
+                let session_id = message.session_id;
+                let question = ClaimedQuestion {
+                    attempts: to_u32(attempts, "attempts")?.saturating_add(1),
+                    message,
+                    session,
+                };
+                // Stored by a worker that died before announcing it: announce, don't answer.
+                let reply_id: Option<Uuid> = row.try_get("reply_id")?;
+                if let Some(reply_id) = reply_id {
+                    let reply = Message {
+                        id: reply_id,
+                        session_id,
+                        kind: MessageKind::Spirit,
+                        author: None,
+                        content: row.try_get("reply_content")?,
+                        in_reply_to: Some(question.message.id),
+                        created_at: row.try_get("reply_created_at")?,
+                    };
+                    return Ok(Claim::Replied { question, reply });
+                }
+                Ok(Claim::Claimed(question))
             }
 
             /// Why a conditional update touched nothing: the session is missing, ended or full.
@@ -649,23 +689,12 @@ macro_rules! impl_sql_store {
                 session_id: Uuid,
             ) -> Result<Box<dyn Acceptance>, StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let row = sqlx::query($lock_session)
-                    .persistent(self.prepared)
-                    .bind(session_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or(StoreError::SessionNotFound)?;
-                let session = Self::session_from_row(&row)?;
-                let unanswered: i64 = sqlx::query(COUNT_UNANSWERED)
-                    .persistent(self.prepared)
-                    .bind(session_id)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("n")?;
+                let (session, unanswered) =
+                    Self::lock_for_question(&mut tx, session_id, self.prepared).await?;
                 Ok(Box::new($acceptance {
                     tx,
                     session,
-                    unanswered: u32::try_from(unanswered).unwrap_or(u32::MAX),
+                    unanswered,
                     prepared: self.prepared,
                 }))
             }
@@ -675,72 +704,7 @@ macro_rules! impl_sql_store {
                 session_id: Uuid,
                 until_ms: i64,
             ) -> Result<Claim, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                // Wait for an acceptance in progress, so its question is seen in its place.
-                let Some(session_row) = sqlx::query($lock_session)
-                    .persistent(self.prepared)
-                    .bind(session_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                else {
-                    return Ok(Claim::Nothing);
-                };
-                let session = Self::session_from_row(&session_row)?;
-                if session.status == SessionStatus::Ended {
-                    tx.commit().await?;
-                    return Ok(Claim::Ended);
-                }
-                let Some(row) = sqlx::query(OLDEST_UNANSWERED)
-                    .persistent(self.prepared)
-                    .bind(session_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                else {
-                    tx.commit().await?;
-                    return Ok(Claim::Nothing);
-                };
-                let message = Self::message_from_row(&row)?;
-                let attempts: i32 = row.try_get("attempts")?;
-                let turn = turn_of(&row.try_get::<String, _>("turn")?)?;
-                let claimed_until: Option<i64> = row.try_get("claimed_until")?;
-                let held = turn != TurnState::Queued
-                    && claimed_until.is_some_and(|until| until > crate::store::now_ms());
-                if held {
-                    tx.commit().await?;
-                    return Ok(Claim::InProgress);
-                }
-                let claimed = sqlx::query(CLAIM_QUESTION)
-                    .persistent(self.prepared)
-                    .bind(message.id)
-                    .bind(attempts)
-                    .bind(until_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                if claimed == 0 {
-                    return Ok(Claim::InProgress);
-                }
-                let question = ClaimedQuestion {
-                    attempts: to_u32(attempts, "attempts")?.saturating_add(1),
-                    message,
-                    session,
-                };
-                // Stored by a worker that died before announcing it: announce, don't answer.
-                let reply_id: Option<Uuid> = row.try_get("reply_id")?;
-                if let Some(reply_id) = reply_id {
-                    let reply = Message {
-                        id: reply_id,
-                        session_id,
-                        kind: MessageKind::Spirit,
-                        author: None,
-                        content: row.try_get("reply_content")?,
-                        in_reply_to: Some(question.message.id),
-                        created_at: row.try_get("reply_created_at")?,
-                    };
-                    return Ok(Claim::Replied { question, reply });
-                }
-                Ok(Claim::Claimed(question))
+                self.claim(session_id, until_ms).await
             }
 
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
@@ -876,8 +840,7 @@ impl_sql_store!(
     PgAcceptance,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
-    "postgres",
-    PG_LOCK_SESSION
+    "postgres"
 );
 #[cfg(feature = "sqlite")]
 impl_sql_store!(
@@ -885,9 +848,140 @@ impl_sql_store!(
     SqliteAcceptance,
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
-    "sqlite",
-    SQLITE_LOCK_SESSION
+    "sqlite"
 );
+
+/// PostgreSQL sends each of the two as one call to a function that holds its statements.
+impl PgStore {
+    async fn lock_for_question(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        session_id: Uuid,
+        prepared: bool,
+    ) -> Result<(Session, u32), StoreError> {
+        let row = sqlx::query(PG_LOCK_FOR_QUESTION)
+            .persistent(prepared)
+            .bind(session_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(StoreError::SessionNotFound)?;
+        let session = Self::session_from_row(&row)?;
+        let unanswered: i64 = row.try_get("unanswered")?;
+        Ok((session, u32::try_from(unanswered).unwrap_or(u32::MAX)))
+    }
+
+    async fn claim(&self, session_id: Uuid, until_ms: i64) -> Result<Claim, StoreError> {
+        let row = sqlx::query(PG_CLAIM_NEXT)
+            .persistent(self.prepared)
+            .bind(session_id)
+            .bind(until_ms)
+            .bind(crate::store::now_ms())
+            .fetch_one(&self.pool)
+            .await?;
+        let outcome: String = row.try_get("outcome")?;
+        match outcome.as_str() {
+            "nothing" => Ok(Claim::Nothing),
+            "ended" => Ok(Claim::Ended),
+            "in_progress" => Ok(Claim::InProgress),
+            "claimed" => {
+                let status: String = row.try_get("session_status")?;
+                let session = Session {
+                    id: session_id,
+                    name: row.try_get("session_name")?,
+                    persona: row.try_get("session_persona")?,
+                    status: SessionStatus::from_db(&status).ok_or_else(|| corrupt("status"))?,
+                    participant_count: to_u32(
+                        row.try_get("session_participant_count")?,
+                        "participant_count",
+                    )?,
+                    max_participants: to_u32(
+                        row.try_get("session_max_participants")?,
+                        "max_participants",
+                    )?,
+                    created_at: row.try_get("session_created_at")?,
+                };
+                let attempts: i32 = row.try_get("attempts")?;
+                Self::claimed_from_row(&row, session, attempts)
+            }
+            _ => Err(corrupt("outcome")),
+        }
+    }
+}
+
+/// SQLite has no functions to hold the claim's statements: it sends them one by one, in a
+/// transaction that takes the database's write lock first.
+#[cfg(feature = "sqlite")]
+impl SqliteStore {
+    async fn lock_for_question(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        session_id: Uuid,
+        prepared: bool,
+    ) -> Result<(Session, u32), StoreError> {
+        let row = sqlx::query(SQLITE_LOCK_SESSION)
+            .persistent(prepared)
+            .bind(session_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or(StoreError::SessionNotFound)?;
+        let session = Self::session_from_row(&row)?;
+        let unanswered: i64 = sqlx::query(COUNT_UNANSWERED)
+            .persistent(prepared)
+            .bind(session_id)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("n")?;
+        Ok((session, u32::try_from(unanswered).unwrap_or(u32::MAX)))
+    }
+
+    async fn claim(&self, session_id: Uuid, until_ms: i64) -> Result<Claim, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Wait for an acceptance in progress, so its question is seen in its place.
+        let Some(session_row) = sqlx::query(SQLITE_LOCK_SESSION)
+            .persistent(self.prepared)
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Claim::Nothing);
+        };
+        let session = Self::session_from_row(&session_row)?;
+        if session.status == SessionStatus::Ended {
+            tx.commit().await?;
+            return Ok(Claim::Ended);
+        }
+        let Some(row) = sqlx::query(OLDEST_UNANSWERED)
+            .persistent(self.prepared)
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.commit().await?;
+            return Ok(Claim::Nothing);
+        };
+        let question_id: Uuid = row.try_get("id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let turn = turn_of(&row.try_get::<String, _>("turn")?)?;
+        let claimed_until: Option<i64> = row.try_get("claimed_until")?;
+        let held = turn != TurnState::Queued
+            && claimed_until.is_some_and(|until| until > crate::store::now_ms());
+        if held {
+            tx.commit().await?;
+            return Ok(Claim::InProgress);
+        }
+        let claimed = sqlx::query(CLAIM_QUESTION)
+            .persistent(self.prepared)
+            .bind(question_id)
+            .bind(attempts)
+            .bind(until_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        if claimed == 0 {
+            return Ok(Claim::InProgress);
+        }
+        Self::claimed_from_row(&row, session, attempts)
+    }
+}
 
 #[cfg(test)]
 mod tests {
