@@ -583,9 +583,10 @@ async fn without_prepared_statements_nothing_is_prepared() {
             unreachable!("a PostgreSQL database")
         };
         // One connection in the pool: the one every statement above ran on.
+        let mut conn = pool.acquire().await.unwrap();
         let named: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
             .persistent(false)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await
             .unwrap();
         if prepared {

@@ -404,12 +404,39 @@ async fn accept_question(
     content: MessageContent,
     kind: &str,
 ) -> Result<(), FrameError> {
-    let session_id = connection.session_id;
     let mut accepting = app
         .store
-        .begin_accept(session_id)
+        .begin_accept(connection.session_id)
         .await
         .map_err(|e| store_error(e, kind))?;
+    if let Err(refused) =
+        announce_question(app, endpoint, connection, content, kind, &mut *accepting).await
+    {
+        // Nothing stored; the connection goes back to the pool rather than being closed.
+        if let Err(err) = accepting.rollback().await {
+            tracing::warn!(%err, "send_message: rolling back a refused question failed");
+        }
+        return Err(refused);
+    }
+    accepting.commit().await.map_err(|err| {
+        // Rare: everyone was told of a question that is not stored. The queue message
+        // finds nothing to answer; the asker is told it did not go through.
+        tracing::error!(%err, "send_message: the question could not be committed");
+        internal(kind)
+    })
+}
+
+/// The checks, the store, the queue message and the announcement of an acceptance, under
+/// its lock; an error means nothing is to be committed.
+async fn announce_question(
+    app: &App,
+    endpoint: &str,
+    connection: &Connection,
+    content: MessageContent,
+    kind: &str,
+    accepting: &mut dyn crate::store::Acceptance,
+) -> Result<(), FrameError> {
+    let session_id = connection.session_id;
     if accepting.session().status == SessionStatus::Ended {
         return Err(store_error(StoreError::SessionEnded, kind));
     }
@@ -450,7 +477,7 @@ async fn accept_question(
         endpoint: Some(endpoint.to_owned()),
     };
     if let Err(err) = app.questions.send(&ticket).await {
-        // Dropping `accepting` rolls the question back: nothing stored, nothing shown.
+        // Rolled back by the caller: nothing stored, nothing shown.
         tracing::error!(%err, "send_message: the spirit's queue is unavailable");
         return Err(unavailable(Some(kind)));
     }
@@ -462,12 +489,7 @@ async fn accept_question(
             Audience::Everyone,
         )
         .await;
-    accepting.commit().await.map_err(|err| {
-        // Rare: everyone was told of a question that is not stored. The queue message
-        // finds nothing to answer; the asker is told it did not go through.
-        tracing::error!(%err, "send_message: the question could not be committed");
-        internal(kind)
-    })
+    Ok(())
 }
 
 /// One action from a rate-limit bucket, or the protocol's `rate_limited` error.

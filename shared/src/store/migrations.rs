@@ -159,7 +159,14 @@ impl Database {
         let before = self.applied_versions().await?;
         let migrator = self.migrator();
         match self {
-            Self::Postgres(pool) => migrator.run(pool).await,
+            Self::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                let ran = migrator.run(&mut *conn).await;
+                if ran.is_ok() {
+                    conn.release();
+                }
+                ran
+            }
             #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => migrator.run(pool).await,
         }
@@ -177,7 +184,14 @@ impl Database {
         let target = applied.iter().rev().nth(1).copied().unwrap_or(0);
         let migrator = self.migrator();
         match self {
-            Self::Postgres(pool) => migrator.undo(pool, target).await,
+            Self::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                let undone = migrator.undo(&mut *conn, target).await;
+                if undone.is_ok() {
+                    conn.release();
+                }
+                undone
+            }
             #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => migrator.undo(pool, target).await,
         }
@@ -212,9 +226,12 @@ impl Database {
                 conn.ensure_migrations_table(TABLE)
                     .await
                     .map_err(migrate_err)?;
-                conn.list_applied_migrations(TABLE)
+                let applied = conn
+                    .list_applied_migrations(TABLE)
                     .await
-                    .map_err(migrate_err)?
+                    .map_err(migrate_err)?;
+                conn.release();
+                applied
             }
             #[cfg(feature = "sqlite")]
             Self::Sqlite(pool) => {

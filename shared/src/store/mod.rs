@@ -3,6 +3,7 @@
 //! run the same SQL text, so one conformance suite proves both.
 
 mod migrations;
+mod pg_pool;
 mod sql;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::domain::{
 };
 
 pub use migrations::{MigrationAction, MigrationReport, MigrationState, MigrationStatus};
+pub use pg_pool::{PgConn, PgConnections, PgTx};
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteStore;
 pub use sql::{Database, PgStore};
@@ -98,8 +100,8 @@ pub struct MessagesAfter {
 }
 
 /// A question being accepted. Opening it takes the session's row lock (PostgreSQL) or the
-/// write lock (SQLite) and holds it until [`commit`](Self::commit) or drop (which rolls
-/// back): acceptances in one session take turns, so the order questions are stored in is
+/// write lock (SQLite) and holds it until [`commit`](Self::commit),
+/// [`rollback`](Self::rollback) or drop (which rolls back): acceptances in one session take turns, so the order questions are stored in is
 /// the order they are announced in, and a spirit worker claiming a question waits for an
 /// acceptance in progress to end.
 #[async_trait]
@@ -119,6 +121,10 @@ pub trait Acceptance: Send {
     ) -> Result<Message, StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Ends it storing nothing (a refused question). Dropping it does the same, but on
+    /// PostgreSQL by closing its connection; this gives the connection back.
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// A question a spirit worker has claimed, with how many claims it has had (this one

@@ -6,16 +6,16 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+use sqlx::postgres::PgConnectOptions;
 #[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Connection, Row};
 use uuid::Uuid;
 
+use super::pg_pool::{PgConn, PgConnections, PgTx};
 use super::{
     Acceptance, Claim, ClaimedQuestion, DynStore, MessagePage, MessagesAfter, NewMessage,
     NewSession, ReplyOutcome, Store, StoreError, now,
@@ -28,7 +28,7 @@ use crate::domain::{
 /// A connection pool to whichever database `DATABASE_URL` names.
 #[derive(Debug, Clone)]
 pub enum Database {
-    Postgres(PgPool),
+    Postgres(PgConnections),
     /// Only in builds with the `sqlite` feature (the harness and the tests; no Lambda).
     #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
@@ -52,23 +52,11 @@ impl Database {
             if !config.database_prepared_statements {
                 options = options.statement_cache_capacity(0);
             }
-            let last_acquire = Arc::new(AtomicI64::new(0));
-            let pool = PgPoolOptions::new()
-                .max_connections(config.database_max_connections)
-                .acquire_timeout(Duration::from_secs(3))
-                // sqlx would ping every connection it hands out (a round trip of its own
-                // before each statement or transaction); only one that may have gone stale is.
-                .test_before_acquire(false)
-                .before_acquire(move |conn, meta| {
-                    let stale = may_be_stale(&last_acquire, meta.idle_for);
-                    Box::pin(async move {
-                        if stale {
-                            conn.ping().await?;
-                        }
-                        Ok(true)
-                    })
-                })
-                .connect_lazy_with(options);
+            let pool = PgConnections::new(
+                options,
+                config.database_max_connections,
+                Duration::from_secs(3),
+            );
             Ok(Self::Postgres(pool))
         }
     }
@@ -148,26 +136,9 @@ impl Database {
     }
 }
 
-/// A pooled connection idle for this long is pinged before use.
-const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// Whether a connection about to be handed out may have been closed under us (a database
-/// restart or failover, a proxy's idle timeout) and should be pinged first: when it sat idle
-/// for [`PING_WHEN_IDLE_FOR`], or when the whole pool did, by the wall clock. The second is
-/// for Lambda, which freezes the process between invocations: whether the monotonic clock
-/// behind `idle_for` runs through a freeze is not promised, the wall clock is set right
-/// after it. Under load neither holds and no statement waits on a ping; a connection that
-/// died anyway fails its statement (`StoreError::Unavailable`) and sqlx drops it on release.
-fn may_be_stale(last_acquire: &AtomicI64, idle_for: Duration) -> bool {
-    let now = super::now_ms();
-    let before = last_acquire.swap(now, Ordering::Relaxed);
-    let gap_ms = i64::try_from(PING_WHEN_IDLE_FOR.as_millis()).unwrap_or(i64::MAX);
-    idle_for >= PING_WHEN_IDLE_FOR || now.saturating_sub(before) >= gap_ms
-}
-
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pub pool: PgPool,
+    pub pool: PgConnections,
     /// Named (prepared, cached) statements; off behind RDS Proxy, where they pin a client
     /// to one database connection.
     pub prepared: bool,
@@ -306,11 +277,44 @@ fn turn_of(raw: &str) -> Result<TurnState, StoreError> {
     TurnState::from_db(raw).ok_or_else(|| corrupt("turn"))
 }
 
+/// A pooled connection, given back for the next caller.
+trait GiveBack {
+    fn give_back(self);
+}
+
+impl GiveBack for PgConn {
+    fn give_back(self) {
+        self.release();
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl GiveBack for sqlx::pool::PoolConnection<sqlx::Sqlite> {
+    fn give_back(self) {
+        drop(self);
+    }
+}
+
+/// Runs one statement on a connection of the pool, and gives the connection back unless
+/// the statement failed in a way that may have left it unusable (an error the server
+/// reported leaves it as good as before; anything else closes it).
+macro_rules! on_conn {
+    ($pool:expr, |$conn:ident| $statement:expr) => {{
+        let mut $conn = $pool.acquire().await?;
+        let result = $statement.await;
+        match &result {
+            Ok(_) | Err(sqlx::Error::Database(_)) => $conn.give_back(),
+            Err(_) => drop($conn),
+        }
+        result?
+    }};
+}
+
 macro_rules! impl_sql_store {
-    ($store:ident, $acceptance:ident, $db:ty, $row:ty, $backend:literal) => {
+    ($store:ident, $acceptance:ident, $tx:ty, $row:ty, $backend:literal) => {
         /// An open acceptance: the transaction holding the session's lock.
         pub struct $acceptance {
-            tx: sqlx::Transaction<'static, $db>,
+            tx: $tx,
             session: Session,
             unanswered: u32,
             prepared: bool,
@@ -355,6 +359,11 @@ macro_rules! impl_sql_store {
 
             async fn commit(self: Box<Self>) -> Result<(), StoreError> {
                 self.tx.commit().await?;
+                Ok(())
+            }
+
+            async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+                self.tx.rollback().await?;
                 Ok(())
             }
         }
@@ -456,15 +465,14 @@ macro_rules! impl_sql_store {
             }
 
             async fn message_seq(&self, session_id: Uuid, id: Uuid) -> Result<i64, StoreError> {
-                sqlx::query(MESSAGE_SEQ)
+                on_conn!(self.pool, |conn| sqlx::query(MESSAGE_SEQ)
                     .persistent(self.prepared)
                     .bind(session_id)
                     .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|row| row.try_get::<i64, _>("seq"))
-                    .transpose()?
-                    .ok_or(StoreError::UnknownMessage)
+                    .fetch_optional(&mut *conn))
+                .map(|row| row.try_get::<i64, _>("seq"))
+                .transpose()?
+                .ok_or(StoreError::UnknownMessage)
             }
         }
 
@@ -475,10 +483,9 @@ macro_rules! impl_sql_store {
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1")
+                on_conn!(self.pool, |conn| sqlx::query("SELECT 1")
                     .persistent(self.prepared)
-                    .execute(&self.pool)
-                    .await?;
+                    .execute(&mut *conn));
                 Ok(())
             }
 
@@ -566,12 +573,11 @@ macro_rules! impl_sql_store {
             }
 
             async fn session(&self, id: Uuid) -> Result<Session, StoreError> {
-                let row = sqlx::query(SELECT_SESSION)
+                let row = on_conn!(self.pool, |conn| sqlx::query(SELECT_SESSION)
                     .persistent(self.prepared)
                     .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .ok_or(StoreError::SessionNotFound)?;
+                    .fetch_optional(&mut *conn))
+                .ok_or(StoreError::SessionNotFound)?;
                 Self::session_from_row(&row)
             }
 
@@ -580,23 +586,21 @@ macro_rules! impl_sql_store {
                 session_id: Uuid,
                 participant_id: Uuid,
             ) -> Result<Option<Participant>, StoreError> {
-                sqlx::query(SELECT_PARTICIPANT)
+                on_conn!(self.pool, |conn| sqlx::query(SELECT_PARTICIPANT)
                     .persistent(self.prepared)
                     .bind(session_id)
                     .bind(participant_id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|row| Self::participant_from_row(&row))
-                    .transpose()
+                    .fetch_optional(&mut *conn))
+                .map(|row| Self::participant_from_row(&row))
+                .transpose()
             }
 
             async fn end_session(&self, id: Uuid) -> Result<Session, StoreError> {
-                match sqlx::query(END_SESSION)
+                match on_conn!(self.pool, |conn| sqlx::query(END_SESSION)
                     .persistent(self.prepared)
                     .bind(id)
                     .bind(now())
-                    .fetch_optional(&self.pool)
-                    .await?
+                    .fetch_optional(&mut *conn))
                 {
                     Some(row) => Self::session_from_row(&row),
                     None => Err(self.why_not(id).await),
@@ -613,7 +617,7 @@ macro_rules! impl_sql_store {
                     in_reply_to: new.in_reply_to,
                     created_at: now(),
                 };
-                let inserted = sqlx::query(INSERT_MESSAGE)
+                let inserted = on_conn!(self.pool, |conn| sqlx::query(INSERT_MESSAGE)
                     .persistent(self.prepared)
                     .bind(message.id)
                     .bind(message.session_id)
@@ -622,9 +626,8 @@ macro_rules! impl_sql_store {
                     .bind(&message.content)
                     .bind(message.in_reply_to)
                     .bind(message.created_at)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+                    .execute(&mut *conn))
+                .rows_affected();
                 if inserted == 0 {
                     return Err(match self.session(message.session_id).await {
                         Ok(_) => StoreError::SessionEnded,
@@ -644,13 +647,12 @@ macro_rules! impl_sql_store {
                 let fetch = i64::from(limit) + 1;
                 let rows = match before {
                     Some(id) => {
-                        let rows = sqlx::query(MESSAGES_BEFORE_ID)
+                        let rows = on_conn!(self.pool, |conn| sqlx::query(MESSAGES_BEFORE_ID)
                             .persistent(self.prepared)
                             .bind(session_id)
                             .bind(id)
                             .bind(fetch)
-                            .fetch_all(&self.pool)
-                            .await?;
+                            .fetch_all(&mut *conn));
                         if rows.is_empty() {
                             // The first message, or not one of this session's.
                             self.message_seq(session_id, id).await?;
@@ -658,13 +660,12 @@ macro_rules! impl_sql_store {
                         rows
                     }
                     None => {
-                        sqlx::query(MESSAGES_BEFORE)
+                        on_conn!(self.pool, |conn| sqlx::query(MESSAGES_BEFORE)
                             .persistent(self.prepared)
                             .bind(session_id)
                             .bind(i64::MAX)
                             .bind(fetch)
-                            .fetch_all(&self.pool)
-                            .await?
+                            .fetch_all(&mut *conn))
                     }
                 };
                 let mut messages = rows
@@ -708,11 +709,10 @@ macro_rules! impl_sql_store {
             }
 
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
-                sqlx::query(MARK_SPEAKING)
+                on_conn!(self.pool, |conn| sqlx::query(MARK_SPEAKING)
                     .persistent(self.prepared)
                     .bind(question_id)
-                    .execute(&self.pool)
-                    .await?;
+                    .execute(&mut *conn));
                 Ok(())
             }
 
@@ -725,14 +725,13 @@ macro_rules! impl_sql_store {
                 let id = reply_id;
                 let created_at = now();
                 // One statement: the question is settled later, by `mark_answered`.
-                let inserted = sqlx::query(INSERT_REPLY)
+                let inserted = on_conn!(self.pool, |conn| sqlx::query(INSERT_REPLY)
                     .persistent(self.prepared)
                     .bind(id)
                     .bind(&content)
                     .bind(created_at)
                     .bind(question_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                    .fetch_optional(&mut *conn));
                 if let Some(row) = inserted {
                     let session_id: Uuid = row.try_get("session_id")?;
                     return Ok(ReplyOutcome::Stored(Message {
@@ -770,41 +769,37 @@ macro_rules! impl_sql_store {
             }
 
             async fn mark_answered(&self, question_id: Uuid) -> Result<bool, StoreError> {
-                let marked = sqlx::query(MARK_ANSWERED)
+                let marked = on_conn!(self.pool, |conn| sqlx::query(MARK_ANSWERED)
                     .persistent(self.prepared)
                     .bind(question_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                    .fetch_optional(&mut *conn));
                 let row = match marked {
                     Some(row) => row,
                     None => {
-                        sqlx::query(OWED_BESIDE)
+                        on_conn!(self.pool, |conn| sqlx::query(OWED_BESIDE)
                             .persistent(self.prepared)
                             .bind(question_id)
-                            .fetch_one(&self.pool)
-                            .await?
+                            .fetch_one(&mut *conn))
                     }
                 };
                 Ok(row.try_get("more")?)
             }
 
             async fn drop_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
-                Ok(sqlx::query(DROP_UNANSWERED)
+                Ok(on_conn!(self.pool, |conn| sqlx::query(DROP_UNANSWERED)
                     .persistent(self.prepared)
                     .bind(session_id)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected())
+                    .execute(&mut *conn))
+                .rows_affected())
             }
 
             async fn turn_state(&self, session_id: Uuid) -> Result<Option<TurnState>, StoreError> {
-                sqlx::query(HEAD_TURN)
+                on_conn!(self.pool, |conn| sqlx::query(HEAD_TURN)
                     .persistent(self.prepared)
                     .bind(session_id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .map(|row| turn_of(&row.try_get::<String, _>("turn")?))
-                    .transpose()
+                    .fetch_optional(&mut *conn))
+                .map(|row| turn_of(&row.try_get::<String, _>("turn")?))
+                .transpose()
             }
 
             async fn messages_after(
@@ -814,13 +809,12 @@ macro_rules! impl_sql_store {
                 limit: u32,
             ) -> Result<MessagesAfter, StoreError> {
                 let above = self.message_seq(session_id, after).await?;
-                let rows = sqlx::query(MESSAGES_AFTER)
+                let rows = on_conn!(self.pool, |conn| sqlx::query(MESSAGES_AFTER)
                     .persistent(self.prepared)
                     .bind(session_id)
                     .bind(above)
                     .bind(i64::from(limit) + 1)
-                    .fetch_all(&self.pool)
-                    .await?;
+                    .fetch_all(&mut *conn));
                 let messages = rows
                     .iter()
                     .take(limit as usize)
@@ -838,7 +832,7 @@ macro_rules! impl_sql_store {
 impl_sql_store!(
     PgStore,
     PgAcceptance,
-    sqlx::Postgres,
+    PgTx,
     sqlx::postgres::PgRow,
     "postgres"
 );
@@ -846,7 +840,7 @@ impl_sql_store!(
 impl_sql_store!(
     SqliteStore,
     SqliteAcceptance,
-    sqlx::Sqlite,
+    sqlx::Transaction<'static, sqlx::Sqlite>,
     sqlx::sqlite::SqliteRow,
     "sqlite"
 );
@@ -854,7 +848,7 @@ impl_sql_store!(
 /// PostgreSQL sends each of the two as one call to a function that holds its statements.
 impl PgStore {
     async fn lock_for_question(
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        tx: &mut PgTx,
         session_id: Uuid,
         prepared: bool,
     ) -> Result<(Session, u32), StoreError> {
@@ -870,13 +864,12 @@ impl PgStore {
     }
 
     async fn claim(&self, session_id: Uuid, until_ms: i64) -> Result<Claim, StoreError> {
-        let row = sqlx::query(PG_CLAIM_NEXT)
+        let row = on_conn!(self.pool, |conn| sqlx::query(PG_CLAIM_NEXT)
             .persistent(self.prepared)
             .bind(session_id)
             .bind(until_ms)
             .bind(crate::store::now_ms())
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(&mut *conn));
         let outcome: String = row.try_get("outcome")?;
         match outcome.as_str() {
             "nothing" => Ok(Claim::Nothing),
@@ -980,32 +973,5 @@ impl SqliteStore {
             return Ok(Claim::InProgress);
         }
         Self::claimed_from_row(&row, session, attempts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_connection_is_pinged_only_after_an_idle_spell() {
-        let last_acquire = AtomicI64::new(0);
-        assert!(
-            may_be_stale(&last_acquire, Duration::ZERO),
-            "the pool's first acquire in a while pings"
-        );
-        assert!(
-            !may_be_stale(&last_acquire, Duration::from_millis(5)),
-            "a busy pool's connection is not pinged"
-        );
-        assert!(
-            may_be_stale(&last_acquire, PING_WHEN_IDLE_FOR),
-            "a connection idle for the threshold is"
-        );
-        last_acquire.store(super::super::now_ms() - 60_000, Ordering::Relaxed);
-        assert!(
-            may_be_stale(&last_acquire, Duration::ZERO),
-            "so is any after the pool sat idle by the wall clock (a frozen Lambda)"
-        );
     }
 }
