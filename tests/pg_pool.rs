@@ -8,8 +8,14 @@ use std::time::Duration;
 use seance::store::{PgConn, PgConnections};
 use sqlx::postgres::PgConnectOptions;
 
-async fn pool(max: u32, acquire_timeout: Duration) -> PgConnections {
+/// A pool on a fresh database, and that database's URL (advisory locks and server
+/// processes are looked at from a second pool on the same database).
+async fn pool(max: u32, acquire_timeout: Duration) -> (PgConnections, String) {
     let url = seance_tests::fresh_postgres_url().await;
+    (pool_at(&url, max, acquire_timeout), url)
+}
+
+fn pool_at(url: &str, max: u32, acquire_timeout: Duration) -> PgConnections {
     let options: PgConnectOptions = url.parse().unwrap();
     PgConnections::new(options, max, acquire_timeout)
 }
@@ -36,7 +42,7 @@ async fn backend_alive(pool: &PgConnections, pid: i32) -> bool {
 
 #[tokio::test]
 async fn a_released_connection_is_reused_and_a_dropped_one_is_closed() {
-    let pool = pool(2, Duration::from_secs(3)).await;
+    let (pool, _) = pool(2, Duration::from_secs(3)).await;
     let mut first = pool.acquire().await.unwrap();
     let pid = backend_pid(&mut first).await;
     first.release();
@@ -74,7 +80,7 @@ async fn a_released_connection_is_reused_and_a_dropped_one_is_closed() {
 
 #[tokio::test]
 async fn a_cancelled_statement_closes_its_connection() {
-    let pool = pool(1, Duration::from_secs(3)).await;
+    let (pool, _) = pool(1, Duration::from_secs(3)).await;
     let mut conn = pool.acquire().await.unwrap();
     let pid = backend_pid(&mut conn).await;
     let sleeping = sqlx::query("SELECT pg_sleep(30)").execute(&mut *conn);
@@ -93,7 +99,7 @@ async fn a_cancelled_statement_closes_its_connection() {
 
 #[tokio::test]
 async fn a_transaction_dropped_unfinished_frees_its_locks() {
-    let pool = pool(2, Duration::from_secs(3)).await;
+    let (pool, url) = pool(2, Duration::from_secs(3)).await;
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock(7)")
         .execute(&mut *tx)
@@ -124,39 +130,24 @@ async fn a_transaction_dropped_unfinished_frees_its_locks() {
         } else {
             tx.rollback().await.unwrap();
         }
-        let mut conn = pool.acquire().await.unwrap();
-        let mut elsewhere = PgConnections::new(
-            seance_tests::fresh_postgres_url().await.parse().unwrap(),
-            1,
-            Duration::from_secs(3),
-        )
-        .acquire()
-        .await
-        .unwrap();
-        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        assert_eq!(pool.idle_count(), 1, "the connection came back");
+        // Advisory locks are per database: look from the same one.
+        let mut elsewhere = pool_at(&url, 1, Duration::from_secs(3))
+            .acquire()
+            .await
+            .unwrap();
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(lock)
             .fetch_one(&mut *elsewhere)
             .await
             .unwrap();
         assert!(free, "the transaction's lock {lock} is free");
-        // The connection that ran it holds nothing either: it takes the lock back at once.
-        sqlx::query("SELECT pg_advisory_unlock_all()")
-            .execute(&mut *elsewhere)
-            .await
-            .unwrap();
-        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(lock)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        assert!(mine);
-        conn.release();
     }
 }
 
 #[tokio::test]
 async fn a_full_pool_times_out_and_a_closed_one_refuses() {
-    let pool = pool(1, Duration::from_millis(300)).await;
+    let (pool, _) = pool(1, Duration::from_millis(300)).await;
     let held = pool.acquire().await.unwrap();
     assert!(matches!(
         pool.acquire().await,
@@ -170,18 +161,14 @@ async fn a_full_pool_times_out_and_a_closed_one_refuses() {
 
 #[tokio::test]
 async fn a_connection_killed_under_the_pool_is_replaced() {
-    let pool = pool(2, Duration::from_secs(3)).await;
+    let (pool, url) = pool(2, Duration::from_secs(3)).await;
     let mut conn = pool.acquire().await.unwrap();
     let pid = backend_pid(&mut conn).await;
     conn.release();
-    let mut killer = PgConnections::new(
-        seance_tests::fresh_postgres_url().await.parse().unwrap(),
-        1,
-        Duration::from_secs(3),
-    )
-    .acquire()
-    .await
-    .unwrap();
+    let mut killer = pool_at(&url, 1, Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
     let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .fetch_one(&mut *killer)
