@@ -297,13 +297,14 @@ impl GiveBack for sqlx::pool::PoolConnection<sqlx::Sqlite> {
 
 /// Runs one statement on a connection of the pool, and gives the connection back unless
 /// the statement failed in a way that may have left it unusable (an error the server
-/// reported leaves it as good as before; anything else closes it).
+/// reported, or no row where one was wanted, leaves it as good as before; anything else
+/// closes it).
 macro_rules! on_conn {
     ($pool:expr, |$conn:ident| $statement:expr) => {{
         let mut $conn = $pool.acquire().await?;
         let result = $statement.await;
         match &result {
-            Ok(_) | Err(sqlx::Error::Database(_)) => $conn.give_back(),
+            Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound) => $conn.give_back(),
             Err(_) => drop($conn),
         }
         result?
