@@ -1,6 +1,7 @@
 //! Sessions, participants and messages behind one trait, with two real implementations
 //! on `sqlx`: PostgreSQL (production) and SQLite (the harness's embedded default). Both
-//! run the same SQL text, so one conformance suite proves both.
+//! run the same SQL text (but for two steps PostgreSQL runs as functions of its
+//! migrations), so one conformance suite proves both.
 
 mod migrations;
 mod pg_pool;
@@ -101,9 +102,9 @@ pub struct MessagesAfter {
 
 /// A question being accepted. Opening it takes the session's row lock (PostgreSQL) or the
 /// write lock (SQLite) and holds it until [`commit`](Self::commit),
-/// [`rollback`](Self::rollback) or drop (which rolls back): acceptances in one session take turns, so the order questions are stored in is
-/// the order they are announced in, and a spirit worker claiming a question waits for an
-/// acceptance in progress to end.
+/// [`rollback`](Self::rollback) or drop (which rolls back): acceptances in one session take
+/// turns, so the order questions are stored in is the order they are announced in, and a
+/// spirit worker claiming a question waits for an acceptance in progress to end.
 #[async_trait]
 pub trait Acceptance: Send {
     /// The session, read under the lock.
