@@ -1,6 +1,6 @@
-//! Typed configuration, read once from the environment (and `.env` when present) and
-//! validated at start-up with a message that names the variable. Secret values are never
-//! printed: `Debug` redacts them.
+//! Typed configuration, read once from the environment (and, in the harness, `.env` when
+//! present) and validated at start-up with a message that names the variable. Secret
+//! values are never printed: `Debug` redacts them.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -372,18 +372,22 @@ pub const MIN_JWT_SECRET_CHARS: usize = 32;
 const DEFAULT_SQLITE_URL: &str = "sqlite:.seance/seance.db";
 
 impl Config {
-    /// Reads `.env` (if present, without overriding the real environment), then the
-    /// environment.
+    /// Reads the environment; the harness first loads `.env` (if present, without
+    /// overriding the real environment).
     pub fn from_env(profile: Profile) -> Result<Self, ConfigError> {
         Self::from_env_for(profile, Needs::ALL)
     }
 
     /// As [`from_env`](Self::from_env), requiring in Lambda only what `needs` says.
     pub fn from_env_for(profile: Profile, needs: Needs) -> Result<Self, ConfigError> {
-        // A missing .env is the normal case in Lambda; a malformed one is worth a warning.
-        if let Err(err) = dotenvy::dotenv()
+        // A Lambda function's configuration is its environment: looking for `.env` in
+        // every folder up from its working directory would only cost each cold start
+        // (`cargo lambda watch --env-file .env` passes a file to functions run locally).
+        if profile == Profile::Harness
+            && let Err(err) = dotenvy::dotenv()
             && !err.not_found()
         {
+            // A missing .env is normal; a malformed one is worth a warning.
             eprintln!("warning: ignoring .env: {err}");
         }
         let vars: HashMap<String, String> = std::env::vars().collect();
