@@ -10,13 +10,21 @@
 //! alternating order, and the ratio function / hello world is reported as the geometric
 //! mean of the pairs' ratios with its 95 % confidence interval (t interval on the logs).
 //!
-//!     cargo build --release -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate
-//!     cargo build --release -p seance-tests --bin bench-coldstart --bin bench-hello-lambda
+//!     export RUSTFLAGS="-C relocation-model=static"
+//!     cargo build --release --target x86_64-unknown-linux-gnu -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate
+//!     cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin bench-hello-lambda
+//!     unset RUSTFLAGS
+//!     cargo build --release -p seance-tests --bin bench-coldstart
 //!     ./target/release/bench-coldstart [RUNS]
 //!
+//! The functions and the hello world are linked as position-dependent executables, as
+//! `.cargo/config.toml` has the arm64 build that `sam build` deploys linked (with
+//! `--target`, `RUSTFLAGS` reaches the binaries but not the build scripts and proc macros).
 //! Two builds, not one: built together with `seance-tests`, the functions would get the
 //! features Cargo unifies across the packages (the tests' SQLite) and be larger than what
-//! `sam build` deploys.
+//! `sam build` deploys. `BENCH_BIN_DIR` points at other binaries (default
+//! `target/x86_64-unknown-linux-gnu/release`); `BENCH_FUNCTIONS=ws-connect,ws-message`
+//! measures only those.
 //!
 //! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
 //! `SSL_CERT_FILE`, when set, is passed on to the functions (their environment is otherwise
@@ -227,7 +235,7 @@ async fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin_dir = std::env::var("BENCH_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/release"));
+        .unwrap_or_else(|_| root.join("target/x86_64-unknown-linux-gnu/release"));
     let database_url = seance_tests::fresh_postgres_url().await
         + &std::env::var("BENCH_DATABASE_PARAMS").unwrap_or_default();
     let redis_url = seance_tests::redis_url();
@@ -296,7 +304,7 @@ async fn main() {
     let hello = bin_dir.join("bench-hello-lambda");
     assert!(
         hello.exists(),
-        "build it first: cargo build --release -p seance-tests --bins ({})",
+        "build it first (see this file's header): cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin bench-hello-lambda ({})",
         hello.display()
     );
     let mib =
@@ -309,11 +317,21 @@ async fn main() {
         "| function | event | init ms (median): function / hello | init ratio [95 % CI] | first event answered ms (median): function / hello | first event ratio [95 % CI] | peak RSS MiB: function / hello | binary MiB: function / hello |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    // `BENCH_FUNCTIONS=ws-connect,ws-message` measures only those.
+    let only: Option<Vec<String>> = std::env::var("BENCH_FUNCTIONS")
+        .ok()
+        .map(|list| list.split(',').map(|name| name.trim().to_owned()).collect());
     for (name, event, what) in functions {
+        if only
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|wanted| wanted == name))
+        {
+            continue;
+        }
         let binary = bin_dir.join(name);
         assert!(
             binary.exists(),
-            "build it first: cargo build --release -p {name} ({})",
+            "build it first (see this file's header): cargo build --release --target x86_64-unknown-linux-gnu -p {name} ({})",
             binary.display()
         );
         let (mut ours, mut base) = (Vec::new(), Vec::new());
