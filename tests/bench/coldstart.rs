@@ -24,7 +24,9 @@
 //! features Cargo unifies across the packages (the tests' SQLite) and be larger than what
 //! `sam build` deploys. `BENCH_BIN_DIR` points at other binaries (default
 //! `target/x86_64-unknown-linux-gnu/release`); `BENCH_FUNCTIONS=ws-connect,ws-message`
-//! measures only those.
+//! measures only those. The functions run a single-threaded tokio runtime; the hello world
+//! keeps the multi-threaded one of the usual template (`#[tokio::main]`), and
+//! `BENCH_HELLO=bench-hello-lambda-current-thread` compares against one that does not.
 //!
 //! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
 //! `SSL_CERT_FILE`, when set, is passed on to the functions (their environment is otherwise
@@ -301,10 +303,11 @@ async fn main() {
     if let Ok(bundle) = std::env::var("SSL_CERT_FILE") {
         env.push(("SSL_CERT_FILE", bundle));
     }
-    let hello = bin_dir.join("bench-hello-lambda");
+    let hello_name = std::env::var("BENCH_HELLO").unwrap_or_else(|_| "bench-hello-lambda".into());
+    let hello = bin_dir.join(&hello_name);
     assert!(
         hello.exists(),
-        "build it first (see this file's header): cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin bench-hello-lambda ({})",
+        "build it first (see this file's header): cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin {hello_name} ({})",
         hello.display()
     );
     let mib =

@@ -5,7 +5,8 @@
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use seance::store::MigrationAction;
 
-#[tokio::main]
+// One event at a time, on a fraction of a vCPU: worker threads would only slow the start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let database = seance::App::database_for_lambda();
     lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| {

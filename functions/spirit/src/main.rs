@@ -5,7 +5,8 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[tokio::main]
+// One event at a time, on a fraction of a vCPU: worker threads would only slow the start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let spirit = seance::App::spirit_for_lambda();
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {

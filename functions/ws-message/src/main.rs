@@ -4,7 +4,8 @@
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[tokio::main]
+// One event at a time, on a fraction of a vCPU: worker threads would only slow the start.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let app = seance::App::for_lambda(
         seance::config::Needs::WS_MESSAGE,
