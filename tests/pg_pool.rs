@@ -195,3 +195,35 @@ async fn a_connection_killed_under_the_pool_is_replaced() {
         assert!(failures <= 1, "more than the killed connection failed");
     }
 }
+
+#[tokio::test]
+async fn a_question_for_a_missing_session_gives_its_connection_back() {
+    let url = seance_tests::fresh_postgres_url().await;
+    let config = seance_tests::test_config(&url, None);
+    let db = seance::store::Database::connect_lazy(&config).unwrap();
+    db.migrate_up().await.unwrap();
+    let seance::store::Database::Postgres(pool) = &db else {
+        panic!("a postgres:// URL makes a PostgreSQL pool");
+    };
+    let store = db.store();
+    // Warm: one connection, idle after the migrations.
+    let mut conn = pool.acquire().await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    conn.release();
+    assert_eq!(pool.idle_count(), 1);
+
+    let refused = store.begin_accept(uuid::Uuid::new_v4()).await;
+    assert!(
+        matches!(refused, Err(seance::store::StoreError::SessionNotFound)),
+        "refused as not found"
+    );
+    assert_eq!(
+        pool.idle_count(),
+        1,
+        "rolled back and given back, not closed"
+    );
+    let mut again = pool.acquire().await.unwrap();
+    assert_eq!(backend_pid(&mut again).await, pid, "the same connection");
+    again.release();
+    db.close().await;
+}

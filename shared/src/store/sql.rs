@@ -691,14 +691,21 @@ macro_rules! impl_sql_store {
                 session_id: Uuid,
             ) -> Result<Box<dyn Acceptance>, StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let (session, unanswered) =
-                    Self::lock_for_question(&mut tx, session_id, self.prepared).await?;
-                Ok(Box::new($acceptance {
-                    tx,
-                    session,
-                    unanswered,
-                    prepared: self.prepared,
-                }))
+                match Self::lock_for_question(&mut tx, session_id, self.prepared).await {
+                    Ok((session, unanswered)) => Ok(Box::new($acceptance {
+                        tx,
+                        session,
+                        unanswered,
+                        prepared: self.prepared,
+                    })),
+                    Err(err) => {
+                        // No such session (or an error the server reported) leaves the
+                        // connection sound: roll back so it is reused. Dropping the
+                        // transaction would close it; a rollback that fails closes it too.
+                        let _ = tx.rollback().await;
+                        Err(err)
+                    }
+                }
             }
 
             async fn claim_next_question(
