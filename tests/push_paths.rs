@@ -20,7 +20,11 @@ use uuid::Uuid;
 
 /// The harness's own pusher and the real Management API client, by name.
 fn both_pushers(app: &TestApp) -> [(&'static str, Arc<dyn Pusher>); 2] {
-    let sdk: Arc<dyn Pusher> = Arc::new(ManagementApi::new("us-east-1", AwsCredentials::Static));
+    let sdk: Arc<dyn Pusher> = Arc::new(ManagementApi::new(
+        "us-east-1",
+        AwsCredentials::Static,
+        seance::tls::AwsTlsRoots::Amazon,
+    ));
     [("direct", app.harness.app.pusher.clone()), ("sdk", sdk)]
 }
 

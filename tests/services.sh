@@ -87,7 +87,8 @@ ensure_sqs() {
 # self-signed CA, and a one-node TLS cluster holding every slot (it refuses cross-slot
 # commands as ElastiCache does). Both on free ports, stopped at the end.
 ensure_redis_tls_and_cluster() {
-  if [ -n "${TEST_REDIS_TLS_URL:-}" ] && [ -n "${TEST_REDIS_CLUSTER_URL:-}" ]; then return 0; fi
+  if [ -n "${TEST_REDIS_TLS_URL:-}" ] && [ -n "${TEST_REDIS_CLUSTER_URL:-}" ] &&
+    [ -n "${TEST_TLS_SERVER_CERT:-}" ]; then return 0; fi
   if ! command -v openssl >/dev/null 2>&1; then
     say "openssl is not installed: installing it from Debian's packages"
     apt_install openssl
@@ -130,6 +131,8 @@ ensure_redis_tls_and_cluster() {
   export TEST_REDIS_TLS_URL="rediss://127.0.0.1:$tls_port"
   export TEST_REDIS_CLUSTER_URL="rediss://127.0.0.1:$cluster_port"
   export TEST_REDIS_CA_FILE="$dir/ca.pem"
+  # The same certificate serves tests/aws_tls.rs's HTTPS endpoint.
+  export TEST_TLS_SERVER_CERT="$dir/server.pem" TEST_TLS_SERVER_KEY="$dir/server.key"
 }
 
 # Schema-driven REST tests (tests/schemathesis.rs) run schemathesis's `st` from PyPI.

@@ -178,6 +178,7 @@ pub async fn spawn_with(
                 &app.config.aws_region,
                 spirit.sqs_endpoint.as_deref(),
                 seance::push::AwsCredentials::for_harness(),
+                app.config.aws_tls_roots,
             );
             let source = event_source::SqsEventSource::new(client, url, spirit.function_timeout);
             tracing::info!(queue_url = %url, "the spirit listens on SQS");

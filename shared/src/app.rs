@@ -107,7 +107,11 @@ impl App {
             crate::config::Profile::Harness => AwsCredentials::for_harness(),
         };
         let questions = queue(&config, &credentials);
-        let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(&config.aws_region, credentials));
+        let pusher: Arc<dyn Pusher> = Arc::new(ManagementApi::new(
+            &config.aws_region,
+            credentials,
+            config.aws_tls_roots,
+        ));
         let voice_cache: Arc<dyn VoiceCache> = match &redis {
             Some(redis) => Arc::new(RedisVoiceCache::new(
                 redis.clone(),

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub use crate::tls::AwsTlsRoots;
+
 /// Who is starting: a Lambda must be given everything; the harness has embedded defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -261,6 +263,9 @@ pub struct Config {
     pub apigw_management_endpoint: Option<String>,
     /// `AWS_REGION`, which Lambda always sets; the harness uses `us-east-1`.
     pub aws_region: String,
+    /// The root certificates the AWS SDK's clients trust (`AWS_TLS_ROOTS`: `amazon`, built
+    /// in, by default; `system` for the platform's).
+    pub aws_tls_roots: AwsTlsRoots,
     /// Longest question, in characters (`MAX_CONTENT_CHARS`, default 500).
     pub max_content_chars: usize,
     /// Largest client frame, in bytes (`MAX_FRAME_BYTES`, default 32768).
@@ -556,6 +561,13 @@ impl Config {
                 reason: "must start with https:// (or http:// for a local endpoint)".into(),
             });
         }
+        let aws_tls_roots = match get("AWS_TLS_ROOTS") {
+            None => AwsTlsRoots::default(),
+            Some(raw) => raw.parse().map_err(|reason| ConfigError::Invalid {
+                var: "AWS_TLS_ROOTS",
+                reason,
+            })?,
+        };
         let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match get(var) {
                 None => Ok(default),
@@ -620,6 +632,7 @@ impl Config {
             port: parse_num(&get, "PORT", 3000, 0, u16::MAX)?,
             apigw_management_endpoint,
             aws_region: get("AWS_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
+            aws_tls_roots,
             max_content_chars: parse_num(&get, "MAX_CONTENT_CHARS", 500, 1, 10_000)?,
             max_frame_bytes: parse_num(&get, "MAX_FRAME_BYTES", 32 * 1024, 1024, 128 * 1024)?,
             message_burst: parse_num(&get, "MESSAGE_RATE_BURST", 3, 1, 1000)?,
@@ -989,10 +1002,25 @@ mod tests {
             ("PORT", "99999"),
             ("PUBLIC_WS_URL", "http://x"),
             ("MAX_BODY_BYTES", "-1"),
+            ("AWS_TLS_ROOTS", "mozilla"),
         ] {
             let err = Config::from_vars(Profile::Harness, &vars(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{var}: {err}");
         }
+    }
+
+    #[test]
+    fn the_aws_clients_trust_amazon_s_roots_unless_told_otherwise() {
+        let harness = |pairs: &[(&str, &str)]| Config::from_vars(Profile::Harness, &vars(pairs));
+        assert_eq!(harness(&[]).unwrap().aws_tls_roots, AwsTlsRoots::Amazon);
+        let lambda = Config::from_vars(Profile::Lambda, &vars(&lambda_vars())).unwrap();
+        assert_eq!(lambda.aws_tls_roots, AwsTlsRoots::Amazon);
+        assert_eq!(
+            harness(&[("AWS_TLS_ROOTS", "system")])
+                .unwrap()
+                .aws_tls_roots,
+            AwsTlsRoots::System
+        );
     }
 
     #[test]

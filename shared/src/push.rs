@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::connections::{Connection, ConnectionStore, Presence};
 use crate::protocol::{ServerEvent, encode};
+use crate::tls::AwsTlsRoots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -87,6 +88,7 @@ pub struct ManagementApi {
     credentials: SharedCredentialsProvider,
     clients: Mutex<HashMap<String, aws_sdk_apigatewaymanagement::Client>>,
     slow: SlowConnections,
+    roots: AwsTlsRoots,
 }
 
 /// Connections whose last push timed out, and when: their pushes are skipped for
@@ -143,8 +145,9 @@ fn throttled<E>(
 }
 
 impl ManagementApi {
-    pub fn new(region: &str, credentials: AwsCredentials) -> Self {
+    pub fn new(region: &str, credentials: AwsCredentials, roots: AwsTlsRoots) -> Self {
         Self {
+            roots,
             region: Region::new(region.to_owned()),
             credentials: credentials.provider(),
             clients: Mutex::new(HashMap::new()),
@@ -162,7 +165,7 @@ impl ManagementApi {
             .or_insert_with(|| {
                 let config = aws_sdk_apigatewaymanagement::Config::builder()
                     .behavior_version(BehaviorVersion::latest())
-                    .http_client(crate::tls::aws_http_client())
+                    .http_client(crate::tls::aws_http_client(self.roots))
                     .region(self.region.clone())
                     .credentials_provider(self.credentials.clone())
                     .endpoint_url(endpoint)

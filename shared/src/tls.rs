@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use aws_sdk_apigatewaymanagement::config::SharedHttpClient;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
 
 /// Makes ring the process's default rustls provider, which the Redis client and `reqwest`
 /// take; call it before building either. Installing twice is harmless.
@@ -16,15 +16,66 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The HTTP client under every AWS SDK client of the process: hyper over rustls on ring.
-/// One per process, so the SDK clients share its connection pools. Building it does no I/O;
-/// the system's root certificates are read when an SDK client first uses it.
-pub fn aws_http_client() -> SharedHttpClient {
-    static CLIENT: OnceLock<SharedHttpClient> = OnceLock::new();
-    CLIENT
+/// Which root certificates the AWS SDK's clients (the Management API's pushes, SQS) trust:
+/// `AWS_TLS_ROOTS`, `amazon` (the default) or `system`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AwsTlsRoots {
+    /// The five roots of Amazon Trust Services, built in ([`AMAZON_TRUST_SERVICES_PEM`]):
+    /// every AWS endpoint these clients call (`execute-api`, `sqs`) and every ACM
+    /// certificate of a custom domain chains to one of them. Parsing five certificates
+    /// instead of reading and parsing the platform's 140-odd is most of a `ws-message`
+    /// cold start's first push (README, "Sizes and cold starts, measured").
+    #[default]
+    Amazon,
+    /// The platform's store, read from disk when a client first connects: for an endpoint
+    /// whose certificate comes from elsewhere (a custom domain with an imported
+    /// certificate, an SQS-speaking server of one's own over TLS).
+    System,
+}
+
+impl std::str::FromStr for AwsTlsRoots {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "amazon" => Ok(Self::Amazon),
+            "system" => Ok(Self::System),
+            other => Err(format!("`{other}` is neither amazon nor system")),
+        }
+    }
+}
+
+/// Amazon Trust Services' roots (Amazon Root CA 1–4 and the Starfield Services Root G2 that
+/// cross-signs them), as Debian's `ca-certificates` ships them; each with its SHA-256
+/// fingerprint, to check against <https://www.amazontrust.com/repository/>.
+pub const AMAZON_TRUST_SERVICES_PEM: &str = include_str!("../certs/amazon-trust-services.pem");
+
+/// The HTTP client under every AWS SDK client of the process: hyper over rustls on ring,
+/// trusting `roots`. One per choice of roots, so the SDK clients share its connection pools.
+/// Building it does no I/O; the roots are parsed (and, for the system's, read) when an SDK
+/// client first connects.
+pub fn aws_http_client(roots: AwsTlsRoots) -> SharedHttpClient {
+    static AMAZON: OnceLock<SharedHttpClient> = OnceLock::new();
+    static SYSTEM: OnceLock<SharedHttpClient> = OnceLock::new();
+    let (client, trust_store) = match roots {
+        AwsTlsRoots::Amazon => (
+            &AMAZON,
+            TrustStore::empty().with_pem_certificate(AMAZON_TRUST_SERVICES_PEM.as_bytes()),
+        ),
+        AwsTlsRoots::System => (&SYSTEM, TrustStore::default()),
+    };
+    client
         .get_or_init(|| {
             aws_smithy_http_client::Builder::new()
                 .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .tls_context(
+                    TlsContext::builder()
+                        .with_trust_store(trust_store)
+                        .build()
+                        // Infallible in this release (it only stores the trust store); were
+                        // it to fail, the platform's roots are a safe place to land.
+                        .unwrap_or_default(),
+                )
                 .build_https()
         })
         .clone()
@@ -39,6 +90,53 @@ mod tests {
         let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
         let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
         format!("{groups:?} {suites:?}")
+    }
+
+    /// The built-in roots parse (as the SDK parses them, which panics on a bad one) into
+    /// exactly Amazon's five, each self-signed and each one the platform itself trusts.
+    #[test]
+    fn the_built_in_roots_are_amazon_trust_services_five() {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let ders = CertificateDer::pem_slice_iter(AMAZON_TRUST_SERVICES_PEM.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the built-in PEM parses");
+        assert_eq!(ders.len(), 5);
+        let mut store = rustls::RootCertStore::empty();
+        let (added, refused) = store.add_parsable_certificates(ders.iter().cloned());
+        assert_eq!((added, refused), (5, 0));
+        for (der, name) in ders.iter().zip([
+            "Amazon Root CA 1",
+            "Amazon Root CA 2",
+            "Amazon Root CA 3",
+            "Amazon Root CA 4",
+            "Starfield Services Root Certificate Authority - G2",
+        ]) {
+            let bytes = der.as_ref();
+            assert!(
+                bytes.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{name} is not among the built-in roots"
+            );
+        }
+        let platform = rustls_native_certs::load_native_certs().certs;
+        assert!(
+            !platform.is_empty(),
+            "this machine has no root store to compare with"
+        );
+        for der in &ders {
+            assert!(
+                platform.contains(der),
+                "a built-in root is not in the platform's store"
+            );
+        }
+    }
+
+    #[test]
+    fn roots_parse_from_their_names_only() {
+        assert_eq!("amazon".parse(), Ok(AwsTlsRoots::Amazon));
+        assert_eq!("system".parse(), Ok(AwsTlsRoots::System));
+        assert!("Amazon".parse::<AwsTlsRoots>().is_err());
+        assert!("".parse::<AwsTlsRoots>().is_err());
+        assert_eq!(AwsTlsRoots::default(), AwsTlsRoots::Amazon);
     }
 
     #[test]

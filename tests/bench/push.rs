@@ -64,7 +64,11 @@ async fn main() {
     let endpoint = format!("http://{}/bench", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let sdk: Arc<dyn Pusher> = Arc::new(ManagementApi::new("us-east-1", AwsCredentials::Static));
+    let sdk: Arc<dyn Pusher> = Arc::new(ManagementApi::new(
+        "us-east-1",
+        AwsCredentials::Static,
+        seance::tls::AwsTlsRoots::Amazon,
+    ));
     let frame = seance::protocol::encode(
         Uuid::now_v7(),
         &ServerEvent::SpiritThinking {

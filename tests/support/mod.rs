@@ -55,6 +55,7 @@ pub fn sqs_test_client() -> aws_sdk_sqs::Client {
         "us-east-1",
         Some(&sqs_endpoint()),
         seance::push::AwsCredentials::Static,
+        seance::tls::AwsTlsRoots::Amazon,
     )
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::push::AwsCredentials;
+use crate::tls::AwsTlsRoots;
 
 /// The body of a queue message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,13 +52,13 @@ pub trait QuestionQueue: Send + Sync + 'static {
 
 /// The production queue: `SendMessage` on an SQS FIFO queue.
 pub struct SqsQueue {
-    /// Built on the first send: building an SDK client loads the system's root
-    /// certificates (about 150 files here, 3–4 ms), which the functions that never send
-    /// (every one but `ws-message`) should not pay during their cold start.
+    /// Built on the first send, so the functions that never send (every one but
+    /// `ws-message`) build none during their cold start.
     client: std::sync::OnceLock<aws_sdk_sqs::Client>,
     region: String,
     endpoint: Option<String>,
     credentials: AwsCredentials,
+    roots: AwsTlsRoots,
     queue_url: String,
 }
 
@@ -80,8 +81,10 @@ impl SqsQueue {
         region: &str,
         endpoint: Option<&str>,
         credentials: AwsCredentials,
+        roots: AwsTlsRoots,
     ) -> Self {
         Self {
+            roots,
             client: std::sync::OnceLock::new(),
             region: region.to_owned(),
             endpoint: endpoint.map(str::to_owned),
@@ -96,6 +99,7 @@ impl SqsQueue {
                 &self.region,
                 self.endpoint.as_deref(),
                 self.credentials.clone(),
+                self.roots,
             )
         })
     }
@@ -113,6 +117,7 @@ pub fn from_config(config: &Config, credentials: &AwsCredentials) -> Arc<dyn Que
             &config.aws_region,
             config.spirit.sqs_endpoint.as_deref(),
             credentials.clone(),
+            config.aws_tls_roots,
         )),
         None => Arc::new(NoQueue),
     }
@@ -128,10 +133,11 @@ pub fn sqs_client(
     region: &str,
     endpoint: Option<&str>,
     credentials: AwsCredentials,
+    roots: AwsTlsRoots,
 ) -> aws_sdk_sqs::Client {
     let mut config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .http_client(crate::tls::aws_http_client())
+        .http_client(crate::tls::aws_http_client(roots))
         .region(Region::new(region.to_owned()))
         .credentials_provider(credentials.provider())
         .timeout_config(
