@@ -29,10 +29,12 @@
 //! `BENCH_HELLO=bench-hello-lambda-current-thread` compares against one that does not.
 //!
 //! `BENCH_DATABASE_PARAMS=?sslmode=disable` appends to the database URL (to see the cost of TLS).
-//! `SSL_CERT_FILE`, when set, is passed on to the functions (their environment is otherwise
-//! cleared): the SDK's HTTP client then reads that one bundle for its root certificates
-//! instead of every file of the system's certificate directories. Unset it
-//! (`env -u SSL_CERT_FILE`) to start the functions as Lambda does.
+//! `AWS_TLS_ROOTS` and `SSL_CERT_FILE`, when set, are passed on to the functions (their
+//! environment is otherwise cleared). With `AWS_TLS_ROOTS=system` the SDK's HTTP client reads
+//! the platform's root certificates, as it did before the built-in Amazon ones; with
+//! `SSL_CERT_FILE` too, it reads that one bundle instead of every file of the system's
+//! certificate directories. Unset it (`env -u SSL_CERT_FILE`) to start the functions as
+//! Lambda does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -300,8 +302,10 @@ async fn main() {
         ),
         ("LOG_LEVEL", "warn".into()),
     ];
-    if let Ok(bundle) = std::env::var("SSL_CERT_FILE") {
-        env.push(("SSL_CERT_FILE", bundle));
+    for passed_on in ["SSL_CERT_FILE", "AWS_TLS_ROOTS"] {
+        if let Ok(value) = std::env::var(passed_on) {
+            env.push((passed_on, value));
+        }
     }
     let hello_name = std::env::var("BENCH_HELLO").unwrap_or_else(|_| "bench-hello-lambda".into());
     let hello = bin_dir.join(&hello_name);
