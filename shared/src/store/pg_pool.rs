@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -127,6 +127,28 @@ impl PgConnections {
         let mut conn = self.acquire().await?;
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
         Ok(PgTx { conn })
+    }
+
+    /// A transaction whose first statements go in the same round trip as its `BEGIN`:
+    /// `sql` is one simple query starting with `BEGIN;` (no parameters, so nothing from a
+    /// client may be spliced into it), and its first row, in text format, comes back
+    /// beside the transaction. On an error the transaction is rolled back and the
+    /// connection given back (or closed, if even that fails).
+    pub async fn begin_with(&self, sql: String) -> Result<(PgTx, Option<PgRow>), sqlx::Error> {
+        debug_assert!(sql.starts_with("BEGIN;"));
+        // The caller vouches for `sql` (above); sqlx asks for it to be said.
+        let sql = sqlx::AssertSqlSafe(sql);
+        let conn = self.acquire().await?;
+        let mut tx = PgTx { conn };
+        // `fetch_all`, not `fetch_optional`: it reads to the end of the query, so the
+        // connection is ready for the transaction's next statement.
+        match sqlx::raw_sql(sql).fetch_all(&mut *tx.conn).await {
+            Ok(rows) => Ok((tx, rows.into_iter().next())),
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
     }
 
     /// Refuses further acquires and closes the idle connections politely.

@@ -197,8 +197,16 @@ const MESSAGES_AFTER: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in
 
 // PostgreSQL's acceptance lock and count, and its whole claim, are functions of migration
 // 0003 (`migrations/postgres/0003_turn_functions.up.sql`): one round trip each.
-const PG_LOCK_FOR_QUESTION: &str = "SELECT id, name, persona, status, participant_count, \
-     max_participants, created_at, unanswered FROM seance_lock_for_question($1)";
+/// `BEGIN` and the lock in one simple query, so one round trip: a simple query carries no
+/// parameters, and the one value spliced in is a [`Uuid`], printed by us in its hyphenated
+/// form (no text from a client ever reaches this SQL).
+fn pg_begin_and_lock_for_question(session_id: Uuid) -> String {
+    format!(
+        "BEGIN; SELECT id, name, persona, status, participant_count, max_participants, \
+         created_at, unanswered FROM seance_lock_for_question('{}')",
+        session_id.hyphenated()
+    )
+}
 
 const PG_CLAIM_NEXT: &str = "SELECT * FROM seance_claim_next($1, $2, $3)";
 
@@ -690,22 +698,14 @@ macro_rules! impl_sql_store {
                 &self,
                 session_id: Uuid,
             ) -> Result<Box<dyn Acceptance>, StoreError> {
-                let mut tx = self.pool.begin().await?;
-                match Self::lock_for_question(&mut tx, session_id, self.prepared).await {
-                    Ok((session, unanswered)) => Ok(Box::new($acceptance {
-                        tx,
-                        session,
-                        unanswered,
-                        prepared: self.prepared,
-                    })),
-                    Err(err) => {
-                        // No such session (or an error the server reported) leaves the
-                        // connection sound: roll back so it is reused. Dropping the
-                        // transaction would close it; a rollback that fails closes it too.
-                        let _ = tx.rollback().await;
-                        Err(err)
-                    }
-                }
+                let (tx, session, unanswered) =
+                    Self::open_acceptance(&self.pool, session_id, self.prepared).await?;
+                Ok(Box::new($acceptance {
+                    tx,
+                    session,
+                    unanswered,
+                    prepared: self.prepared,
+                }))
             }
 
             async fn claim_next_question(
@@ -855,20 +855,39 @@ impl_sql_store!(
 
 /// PostgreSQL sends each of the two as one call to a function that holds its statements.
 impl PgStore {
-    async fn lock_for_question(
-        tx: &mut PgTx,
+    /// Opens a question's acceptance: the transaction, the session's row locked and its
+    /// unanswered questions counted, in one round trip (see
+    /// [`pg_begin_and_lock_for_question`]). The row comes in text format, which the same
+    /// decoding reads.
+    async fn open_acceptance(
+        pool: &PgConnections,
         session_id: Uuid,
-        prepared: bool,
-    ) -> Result<(Session, u32), StoreError> {
-        let row = sqlx::query(PG_LOCK_FOR_QUESTION)
-            .persistent(prepared)
-            .bind(session_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or(StoreError::SessionNotFound)?;
-        let session = Self::session_from_row(&row)?;
-        let unanswered: i64 = row.try_get("unanswered")?;
-        Ok((session, u32::try_from(unanswered).unwrap_or(u32::MAX)))
+        _prepared: bool,
+    ) -> Result<(PgTx, Session, u32), StoreError> {
+        let (tx, row) = pool
+            .begin_with(pg_begin_and_lock_for_question(session_id))
+            .await?;
+        let row = match row {
+            Some(row) => row,
+            None => {
+                // No such session leaves the connection sound: roll back so it is reused.
+                // Dropping the transaction would close it; a rollback that fails closes it
+                // too.
+                let _ = tx.rollback().await;
+                return Err(StoreError::SessionNotFound);
+            }
+        };
+        let read = Self::session_from_row(&row).and_then(|session| {
+            let unanswered: i64 = row.try_get("unanswered")?;
+            Ok((session, u32::try_from(unanswered).unwrap_or(u32::MAX)))
+        });
+        match read {
+            Ok((session, unanswered)) => Ok((tx, session, unanswered)),
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
     }
 
     async fn claim(&self, session_id: Uuid, until_ms: i64) -> Result<Claim, StoreError> {
@@ -912,6 +931,23 @@ impl PgStore {
 /// transaction that takes the database's write lock first.
 #[cfg(feature = "sqlite")]
 impl SqliteStore {
+    /// Opens a question's acceptance: the transaction, with the database's write lock, then
+    /// the session read and its unanswered questions counted.
+    async fn open_acceptance(
+        pool: &sqlx::SqlitePool,
+        session_id: Uuid,
+        prepared: bool,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Sqlite>, Session, u32), StoreError> {
+        let mut tx = pool.begin().await?;
+        match Self::lock_for_question(&mut tx, session_id, prepared).await {
+            Ok((session, unanswered)) => Ok((tx, session, unanswered)),
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
     async fn lock_for_question(
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         session_id: Uuid,
