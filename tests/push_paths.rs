@@ -106,6 +106,75 @@ async fn direct_and_sdk_pushes_answer_alike() {
     }
 }
 
+/// `@connections` checks what API Gateway checks first of a signed call: a push the SDK
+/// signed for another region is refused (403, a failure, not gone), as are hand-made
+/// signatures for another service or without a credential; none of them reaches the socket,
+/// whose next frame is the next push, signed for this region and `execute-api` (which is
+/// what every SDK push in this suite is held to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_signed_for_another_region_or_service_is_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let endpoint = endpoint(&app);
+    let created = app.create_session(None).await;
+    let (mut client, id) = host_socket(&app, &created).await;
+    let pusher = |region: &str| {
+        ManagementApi::new(
+            region,
+            AwsCredentials::Static,
+            seance::tls::AwsTlsRoots::Amazon,
+        )
+    };
+
+    let elsewhere = pusher("eu-west-1")
+        .send(&endpoint, &id, r#"{"type":"pong","via":"eu-west-1"}"#)
+        .await;
+    assert!(
+        matches!(elsewhere, Err(PushError::Other(_))),
+        "{elsewhere:?}"
+    );
+    let url = format!("{endpoint}/@connections/{}", id.replace('=', "%3D"));
+    for (authorization, error_type, says) in [
+        (
+            "AWS4-HMAC-SHA256 Credential=LOCALHARNESS/20261206/us-east-1/s3/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature=00",
+            "InvalidSignatureException",
+            "'execute-api'",
+        ),
+        (
+            "AWS4-HMAC-SHA256 SignedHeaders=host, Signature=00",
+            "IncompleteSignatureException",
+            "'Credential'",
+        ),
+        ("Bearer abc", "IncompleteSignatureException", "'Credential'"),
+    ] {
+        let refused = app
+            .client
+            .post(&url)
+            .header("authorization", authorization)
+            .body(r#"{"type":"pong","via":"by hand"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{authorization}");
+        assert_eq!(
+            refused.headers()["x-amzn-errortype"],
+            error_type,
+            "{authorization}"
+        );
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(says),
+            "{authorization}: {body}"
+        );
+    }
+
+    pusher("us-east-1")
+        .send(&endpoint, &id, r#"{"type":"pong","via":"us-east-1"}"#)
+        .await
+        .unwrap();
+    assert_eq!(client.expect("pong").await["via"], "us-east-1");
+}
+
 fn endpoint(app: &TestApp) -> String {
     app.harness
         .app

@@ -297,9 +297,7 @@ fn request_id() -> String {
 }
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/ws", get(upgrade))
-        .route("/ws/{session_id}", get(upgrade_in_session))
+    let connections = Router::new()
         .route(
             "/@connections/{connection_id}",
             get(get_connection)
@@ -312,8 +310,97 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
                 .post(post_to_connection_staged)
                 .delete(delete_connection_staged),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            signed_for_this_api,
+        ));
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/ws/{session_id}", get(upgrade_in_session))
+        .merge(connections)
         .layer(DefaultBodyLimit::max(4 * MAX_MESSAGE_BYTES))
         .with_state(gateway)
+}
+
+/// A signed `@connections` call must be signed for this API, as API Gateway checks before
+/// anything else: SigV4 (`AWS4-HMAC-SHA256`) with a credential scoped to the harness's
+/// region (`AWS_REGION`) and to the `execute-api` service, or 403 in IAM's words. What is
+/// not checked: the signature itself (the harness does not know every caller's secret),
+/// and unsigned calls are let through, unlike AWS, so a test or `curl` can poke a
+/// connection by hand.
+async fn signed_for_this_api(
+    State(gateway): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(authorization) = request.headers().get(axum::http::header::AUTHORIZATION) else {
+        return next.run(request).await;
+    };
+    match credential_scope_refusal(authorization.as_bytes(), &gateway.app.config.aws_region) {
+        None => next.run(request).await,
+        Some((error_type, message)) => {
+            let mut response = (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({ "message": message })),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+            response
+        }
+    }
+}
+
+/// What is wrong with a SigV4 `Authorization` header's credential scope
+/// (`Credential=KEY/DATE/REGION/SERVICE/aws4_request`) for `region`'s `execute-api`, as
+/// API Gateway's error type and message; `None` when nothing is.
+fn credential_scope_refusal(
+    authorization: &[u8],
+    region: &str,
+) -> Option<(&'static str, &'static str)> {
+    const INCOMPLETE: (&str, &str) = (
+        "IncompleteSignatureException",
+        "Authorization header requires 'Credential' parameter. Authorization header requires \
+         'Signature' parameter. Authorization header requires 'SignedHeaders' parameter.",
+    );
+    let Ok(authorization) = std::str::from_utf8(authorization) else {
+        return Some(INCOMPLETE);
+    };
+    let Some(parameters) = authorization.strip_prefix("AWS4-HMAC-SHA256 ") else {
+        return Some(INCOMPLETE);
+    };
+    let credential = parameters
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("Credential="));
+    let has = |name: &str| parameters.split(',').any(|p| p.trim().starts_with(name));
+    let Some(credential) = credential.filter(|_| has("Signature=") && has("SignedHeaders=")) else {
+        return Some(INCOMPLETE);
+    };
+    let scope: Vec<&str> = credential.split('/').collect();
+    match scope.as_slice() {
+        [_key, _date, scoped_region, service, "aws4_request"] => {
+            if *service != "execute-api" {
+                Some((
+                    "InvalidSignatureException",
+                    "Credential should be scoped to correct service: 'execute-api'. ",
+                ))
+            } else if *scoped_region != region {
+                Some((
+                    "InvalidSignatureException",
+                    "Credential should be scoped to a valid region. ",
+                ))
+            } else {
+                None
+            }
+        }
+        _ => Some((
+            "IncompleteSignatureException",
+            "Credential must have exactly 5 slash-delimited elements, e.g. \
+             keyid/date/region/service/term",
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

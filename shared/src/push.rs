@@ -168,7 +168,7 @@ impl ManagementApi {
                     .http_client(crate::tls::aws_http_client(self.roots))
                     .region(self.region.clone())
                     .credentials_provider(self.credentials.clone())
-                    .endpoint_url(endpoint)
+                    .endpoint_resolver(FixedEndpoint(endpoint.to_owned()))
                     // The whole call's limit is `send`'s own (PUSH_TIMEOUT, one clock).
                     .timeout_config(
                         TimeoutConfig::builder()
@@ -182,6 +182,27 @@ impl ManagementApi {
                 aws_sdk_apigatewaymanagement::Client::from_conf(config)
             })
             .clone()
+    }
+}
+
+/// The endpoint a client was built for, as the SDK's own resolver answers for a custom
+/// endpoint (the URL alone, no properties: the signing name, `execute-api`, and the region
+/// come from the client's configuration). Every push names its endpoint, so the generated
+/// resolver's rules, and its partition table (parsed, with its regular expressions, on the
+/// first client of a process: 29 % of a cold `ws-message`'s first push), are never needed.
+#[derive(Debug)]
+struct FixedEndpoint(String);
+
+impl aws_sdk_apigatewaymanagement::config::endpoint::ResolveEndpoint for FixedEndpoint {
+    fn resolve_endpoint<'a>(
+        &'a self,
+        _params: &'a aws_sdk_apigatewaymanagement::config::endpoint::Params,
+    ) -> aws_sdk_apigatewaymanagement::config::endpoint::EndpointFuture<'a> {
+        aws_sdk_apigatewaymanagement::config::endpoint::EndpointFuture::ready(Ok(
+            aws_sdk_apigatewaymanagement::config::endpoint::Endpoint::builder()
+                .url(self.0.clone())
+                .build(),
+        ))
     }
 }
 
@@ -486,6 +507,40 @@ enum Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fixed resolver answers what the SDK's generated one answers for the same
+    /// endpoint, in every region we could be in.
+    #[tokio::test]
+    async fn the_fixed_endpoint_is_what_the_sdk_would_resolve() {
+        use aws_sdk_apigatewaymanagement::config::endpoint::{
+            DefaultResolver, Params, ResolveEndpoint,
+        };
+        for (endpoint, region) in [
+            (
+                "https://abc123.execute-api.eu-west-1.amazonaws.com/prod",
+                "eu-west-1",
+            ),
+            ("https://ws.example.com", "us-east-1"),
+            ("http://127.0.0.1:3000/local", "us-east-1"),
+        ] {
+            let params = Params::builder()
+                .region(region.to_owned())
+                .use_fips(false)
+                .use_dual_stack(false)
+                .endpoint(endpoint.to_owned())
+                .build()
+                .unwrap();
+            let ours = FixedEndpoint(endpoint.to_owned())
+                .resolve_endpoint(&params)
+                .await
+                .unwrap();
+            let sdk = DefaultResolver::new()
+                .resolve_endpoint(&params)
+                .await
+                .unwrap();
+            assert_eq!(ours, sdk, "{endpoint}");
+        }
+    }
 
     #[test]
     fn a_connection_is_opening_for_thirty_seconds_after_connect() {
