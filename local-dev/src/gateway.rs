@@ -923,6 +923,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_signature_s_scope_is_held_to_this_region_and_execute_api() {
+        let scoped = |scope: &str| {
+            format!(
+                "AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host;x-amz-date, \
+                 Signature=0123abcd"
+            )
+        };
+        let check = |header: &str| credential_scope_refusal(header.as_bytes(), "eu-west-1");
+        assert_eq!(
+            check(&scoped("AKID/20261206/eu-west-1/execute-api/aws4_request")),
+            None
+        );
+        let refused = |header: &str| check(header).map(|(error_type, _)| error_type);
+        assert_eq!(
+            refused(&scoped("AKID/20261206/us-east-1/execute-api/aws4_request")),
+            Some("InvalidSignatureException")
+        );
+        assert_eq!(
+            refused(&scoped("AKID/20261206/eu-west-1/sqs/aws4_request")),
+            Some("InvalidSignatureException")
+        );
+        for malformed in [
+            scoped("AKID/20261206/eu-west-1/execute-api"),
+            scoped("AKID/20261206/eu-west-1/execute-api/aws4_request/extra"),
+            "AWS4-HMAC-SHA256 Credential=AKID/20261206/eu-west-1/execute-api/aws4_request"
+                .to_owned(),
+            "Basic YTpi".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(
+                refused(&malformed),
+                Some("IncompleteSignatureException"),
+                "{malformed}"
+            );
+        }
+        assert_eq!(
+            credential_scope_refusal(&[0xff, 0xfe], "eu-west-1").map(|(t, _)| t),
+            Some("IncompleteSignatureException")
+        );
+    }
+
+    #[test]
     fn connection_ids_look_like_api_gateways() {
         for _ in 0..1000 {
             let id = new_connection_id();
