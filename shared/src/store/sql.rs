@@ -858,7 +858,7 @@ impl PgStore {
     /// Opens a question's acceptance: the transaction, the session's row locked and its
     /// unanswered questions counted, in one round trip (see
     /// [`pg_begin_and_lock_for_question`]). The row comes in text format, which the same
-    /// decoding reads.
+    /// decoding reads. `prepared` is SQLite's twin's: a simple query is never prepared.
     async fn open_acceptance(
         pool: &PgConnections,
         session_id: Uuid,
