@@ -57,15 +57,19 @@ pub const AMAZON_TRUST_SERVICES_PEM: &str = include_str!("../certs/amazon-trust-
 pub fn aws_http_client(roots: AwsTlsRoots) -> SharedHttpClient {
     static AMAZON: OnceLock<SharedHttpClient> = OnceLock::new();
     static SYSTEM: OnceLock<SharedHttpClient> = OnceLock::new();
-    let (client, trust_store) = match roots {
-        AwsTlsRoots::Amazon => (
-            &AMAZON,
-            TrustStore::empty().with_pem_certificate(AMAZON_TRUST_SERVICES_PEM.as_bytes()),
-        ),
-        AwsTlsRoots::System => (&SYSTEM, TrustStore::default()),
+    let client = match roots {
+        AwsTlsRoots::Amazon => &AMAZON,
+        AwsTlsRoots::System => &SYSTEM,
     };
     client
         .get_or_init(|| {
+            // Built once per choice: the store copies the PEM.
+            let trust_store = match roots {
+                AwsTlsRoots::Amazon => {
+                    TrustStore::empty().with_pem_certificate(AMAZON_TRUST_SERVICES_PEM.as_bytes())
+                }
+                AwsTlsRoots::System => TrustStore::default(),
+            };
             aws_smithy_http_client::Builder::new()
                 .tls_provider(Provider::Rustls(CryptoMode::Ring))
                 .tls_context(
