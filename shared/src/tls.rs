@@ -7,8 +7,10 @@
 
 use std::sync::OnceLock;
 
-use aws_sdk_apigatewaymanagement::config::SharedHttpClient;
+use aws_sdk_apigatewaymanagement::config::{HttpClient, RuntimeComponents, SharedHttpClient};
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConnector};
 
 /// Makes ring the process's default rustls provider, which the Redis client and `reqwest`
 /// take; call it before building either. Installing twice is harmless.
@@ -53,7 +55,8 @@ pub const AMAZON_TRUST_SERVICES_PEM: &str = include_str!("../certs/amazon-trust-
 /// The HTTP client under every AWS SDK client of the process: hyper over rustls on ring,
 /// trusting `roots`. One per choice of roots, so the SDK clients share its connection pools.
 /// Building it does no I/O; the roots are parsed (and, for the system's, read) when an SDK
-/// client first connects.
+/// client first connects, once for each connector the client builds (see
+/// [`ConnectorOnFirstRequest`]).
 pub fn aws_http_client(roots: AwsTlsRoots) -> SharedHttpClient {
     static AMAZON: OnceLock<SharedHttpClient> = OnceLock::new();
     static SYSTEM: OnceLock<SharedHttpClient> = OnceLock::new();
@@ -70,7 +73,7 @@ pub fn aws_http_client(roots: AwsTlsRoots) -> SharedHttpClient {
                 }
                 AwsTlsRoots::System => TrustStore::default(),
             };
-            aws_smithy_http_client::Builder::new()
+            let hyper = aws_smithy_http_client::Builder::new()
                 .tls_provider(Provider::Rustls(CryptoMode::Ring))
                 .tls_context(
                     TlsContext::builder()
@@ -80,9 +83,40 @@ pub fn aws_http_client(roots: AwsTlsRoots) -> SharedHttpClient {
                         // it to fail, the platform's roots are a safe place to land.
                         .unwrap_or_default(),
                 )
-                .build_https()
+                .build_https();
+            SharedHttpClient::new(ConnectorOnFirstRequest(hyper))
         })
         .clone()
+}
+
+/// An SDK HTTP client whose connectors are built only when a request needs one.
+///
+/// The SDK's hyper client, asked to check a new SDK client's configuration, builds a TLS
+/// connector (parsing every root) and throws it away, so that a platform store is read
+/// when the client is built rather than at its first request; the first request then
+/// builds its own. Our clients are built when they are first needed, for that very request
+/// (the Management API's per endpoint, at a push), so the check only parsed the roots
+/// twice in a cold function's first event (README, "Sizes and cold starts, measured").
+/// Everything else is the inner client's: its connectors, cached by their settings, and
+/// its metadata.
+#[derive(Debug)]
+struct ConnectorOnFirstRequest<C>(C);
+
+impl<C: HttpClient> HttpClient for ConnectorOnFirstRequest<C> {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    // `validate_base_client_config` keeps the trait's default, which checks nothing and
+    // builds nothing.
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +166,108 @@ mod tests {
                 "a built-in root is not in the platform's store"
             );
         }
+    }
+
+    /// Counts what the SDK asks of an HTTP client; its connector refuses every request.
+    #[derive(Debug, Clone, Default)]
+    struct Counting {
+        checks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        connectors: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for Refusing {
+        fn call(
+            &self,
+            _request: aws_sdk_apigatewaymanagement::config::http::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Err(
+                aws_smithy_runtime_api::client::result::ConnectorError::other(
+                    "this test sends nothing".into(),
+                    None,
+                ),
+            ))
+        }
+    }
+
+    impl HttpClient for Counting {
+        fn http_connector(
+            &self,
+            _settings: &HttpConnectorSettings,
+            _components: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            self.connectors
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            SharedHttpConnector::new(Refusing)
+        }
+
+        fn validate_base_client_config(
+            &self,
+            _components: &aws_sdk_apigatewaymanagement::config::RuntimeComponentsBuilder,
+            _cfg: &aws_sdk_apigatewaymanagement::config::ConfigBag,
+        ) -> Result<(), aws_sdk_apigatewaymanagement::error::BoxError> {
+            self.checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Builds a Management API client on `http`, as a push does, and sends one push
+    /// (which the connector refuses); how many checks and connectors that asked for.
+    async fn checks_and_connectors(http: SharedHttpClient, counting: &Counting) -> (usize, usize) {
+        use aws_sdk_apigatewaymanagement::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_apigatewaymanagement::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new(
+                "AKIDTEST",
+                "not-a-secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url("https://example.execute-api.eu-west-1.amazonaws.com/prod")
+            .build();
+        let client = aws_sdk_apigatewaymanagement::Client::from_conf(config);
+        let checks = counting.checks.load(std::sync::atomic::Ordering::SeqCst);
+        let sent = client
+            .post_to_connection()
+            .connection_id("c1")
+            .data(aws_sdk_apigatewaymanagement::primitives::Blob::new("{}"))
+            .send()
+            .await;
+        assert!(sent.is_err(), "the test's connector refuses every request");
+        let connectors = counting
+            .connectors
+            .load(std::sync::atomic::Ordering::SeqCst);
+        (checks, connectors)
+    }
+
+    /// The SDK checks a new client's HTTP client (the hyper client builds and throws away a
+    /// connector then, parsing the roots); ours skips that check and still gives the
+    /// request its connector.
+    #[tokio::test]
+    async fn a_new_sdk_client_builds_no_connector_before_its_first_request() {
+        let bare = Counting::default();
+        let (checks, connectors) =
+            checks_and_connectors(SharedHttpClient::new(bare.clone()), &bare).await;
+        assert_eq!(
+            checks, 1,
+            "the SDK checks its HTTP client when a client is built"
+        );
+        assert!(connectors >= 1);
+
+        let wrapped = Counting::default();
+        let (checks, connectors) = checks_and_connectors(
+            SharedHttpClient::new(ConnectorOnFirstRequest(wrapped.clone())),
+            &wrapped,
+        )
+        .await;
+        assert_eq!(checks, 0, "nothing is built for the check");
+        assert!(connectors >= 1, "the request still gets its connector");
     }
 
     #[test]
