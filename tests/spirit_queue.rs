@@ -521,7 +521,7 @@ async fn a_question_whose_attempts_keep_dying_gets_the_fallback() {
             match table
                 .app
                 .store()
-                .claim_next_question(ticket.session_id, 0)
+                .claim_next_question(ticket.session_id, 0, 0)
                 .await
                 .unwrap()
             {
@@ -556,7 +556,7 @@ async fn a_reply_stored_but_never_announced_is_announced_before_the_next_turn() 
     let ticket = ticket_for(&first);
     let session_id = ticket.session_id;
     let store = table.app.store();
-    let Claim::Claimed(claimed) = store.claim_next_question(session_id, 0).await.unwrap() else {
+    let Claim::Claimed(claimed) = store.claim_next_question(session_id, 0, 0).await.unwrap() else {
         panic!("the first question is claimed");
     };
     assert_eq!(claimed.message.id.to_string(), first["message"]["id"]);

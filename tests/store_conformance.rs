@@ -370,7 +370,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     );
 
     let far = seance::store::now_ms() + 60_000;
-    let Claim::Claimed(first) = store.claim_next_question(session.id, far).await.unwrap() else {
+    let Claim::Claimed(first) = store.claim_next_question(session.id, far, 0).await.unwrap() else {
         panic!("the oldest question is claimed");
     };
     assert_eq!((first.message.id, first.attempts), (ids[0], 1));
@@ -382,7 +382,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     assert_eq!(first.message.author.as_ref().map(|a| a.id), Some(host.id));
     // Held: nobody else takes it, nor skips ahead of it.
     assert_eq!(
-        store.claim_next_question(session.id, far).await.unwrap(),
+        store.claim_next_question(session.id, far, 0).await.unwrap(),
         Claim::InProgress
     );
     store.mark_speaking(ids[0]).await.unwrap();
@@ -411,7 +411,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     // the next one before the room has heard this answer; to the room the spirit has
     // moved on to the next question.
     assert_eq!(
-        store.claim_next_question(session.id, far).await.unwrap(),
+        store.claim_next_question(session.id, far, 0).await.unwrap(),
         Claim::InProgress
     );
     assert_eq!(
@@ -425,11 +425,19 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
 
     // A claim that has run out (its worker died) is taken over, with the count going up.
     let gone = seance::store::now_ms() - 1;
-    let Claim::Claimed(second) = store.claim_next_question(session.id, gone).await.unwrap() else {
+    let Claim::Claimed(second) = store
+        .claim_next_question(session.id, gone, 0)
+        .await
+        .unwrap()
+    else {
         panic!("the second question is next");
     };
     assert_eq!((second.message.id, second.attempts), (ids[1], 1));
-    let Claim::Claimed(again) = store.claim_next_question(session.id, gone).await.unwrap() else {
+    let Claim::Claimed(again) = store
+        .claim_next_question(session.id, gone, 0)
+        .await
+        .unwrap()
+    else {
         panic!("a run-out claim is taken over");
     };
     assert_eq!((again.message.id, again.attempts), (ids[1], 2));
@@ -444,14 +452,14 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         panic!("the second reply is stored");
     };
     let Claim::Replied { question, reply } =
-        store.claim_next_question(session.id, far).await.unwrap()
+        store.claim_next_question(session.id, far, 0).await.unwrap()
     else {
         panic!("a stored reply nobody announced is handed over to announce");
     };
     assert_eq!((question.message.id, question.attempts), (ids[1], 3));
     assert_eq!(reply, stored);
     assert_eq!(
-        store.claim_next_question(session.id, far).await.unwrap(),
+        store.claim_next_question(session.id, far, 0).await.unwrap(),
         Claim::InProgress,
         "one taker announces it"
     );
@@ -468,11 +476,11 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
         "nothing more owed in this séance"
     );
     assert_eq!(
-        store.claim_next_question(session.id, far).await.unwrap(),
+        store.claim_next_question(session.id, far, 0).await.unwrap(),
         Claim::Nothing
     );
     accept(&store, session.id, &host, "third").await;
-    let Claim::Claimed(next) = store.claim_next_question(session.id, far).await.unwrap() else {
+    let Claim::Claimed(next) = store.claim_next_question(session.id, far, 0).await.unwrap() else {
         panic!("the next question is claimed once the last is settled");
     };
     ids.push(next.message.id);
@@ -481,7 +489,7 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     // refused.
     store.end_session(session.id).await.unwrap();
     assert_eq!(
-        store.claim_next_question(session.id, far).await.unwrap(),
+        store.claim_next_question(session.id, far, 0).await.unwrap(),
         Claim::Ended
     );
     assert!(matches!(
@@ -506,6 +514,130 @@ async fn turns_are_claimed_and_answered_once(backend: Backend) {
     assert_eq!(contents, ["YES", "PERHAPS"]);
 }
 
+/// A claimed question comes with the conversation before it, as many messages as asked
+/// for, oldest first, exactly as `messages_before` pages them; a reply being announced
+/// comes with none.
+async fn a_claim_comes_with_the_history_before_its_question(backend: Backend) {
+    use seance::store::{Claim, ReplyOutcome};
+
+    let (store, _db) = fresh_store(backend).await;
+    let (session, host) = store.create_session(new_session(8)).await.unwrap();
+    let (guest_session, guest) = store
+        .join_session(session.id, &name("Guest"))
+        .await
+        .unwrap();
+    assert_eq!(guest_session.id, session.id);
+    let far = seance::store::now_ms() + 60_000;
+    let gone = seance::store::now_ms() - 1;
+
+    let first = accept(&store, session.id, &host, "Is anyone there?").await;
+    let Claim::Claimed(claimed) = store
+        .claim_next_question(session.id, gone, 12)
+        .await
+        .unwrap()
+    else {
+        panic!("the first question is claimed");
+    };
+    assert_eq!(claimed.message.id, first.id);
+    assert!(
+        claimed.history.is_empty(),
+        "nothing came before the first question"
+    );
+    let ReplyOutcome::Stored(yes) = store
+        .store_reply(first.id, Uuid::now_v7(), "YES".into())
+        .await
+        .unwrap()
+    else {
+        panic!("the reply is stored");
+    };
+    store.mark_answered(first.id).await.unwrap();
+
+    let second = accept(&store, session.id, &guest, "Who are you?").await;
+    let third = accept(&store, session.id, &host, "Why now?").await;
+    let Claim::Claimed(claimed) = store
+        .claim_next_question(session.id, gone, 12)
+        .await
+        .unwrap()
+    else {
+        panic!("the second question is claimed");
+    };
+    assert_eq!(claimed.message.id, second.id);
+    let ids: Vec<_> = claimed.history.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        [first.id, yes.id],
+        "oldest first, nothing after the question"
+    );
+    assert_eq!(
+        claimed.history[0], first,
+        "each message whole, its author included"
+    );
+    assert_eq!(claimed.history[1], yes);
+    let paged = store
+        .messages_before(session.id, Some(second.id), 12)
+        .await
+        .unwrap();
+    assert_eq!(claimed.history, paged.messages);
+
+    // Fewer asked for: the newest of them. (The claim above ran out: taken over.)
+    let Claim::Claimed(claimed) = store
+        .claim_next_question(session.id, gone, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("a run-out claim is taken over");
+    };
+    assert_eq!((claimed.message.id, claimed.attempts), (second.id, 2));
+    assert_eq!(claimed.history, std::slice::from_ref(&yes));
+    let Claim::Claimed(claimed) = store
+        .claim_next_question(session.id, gone, 0)
+        .await
+        .unwrap()
+    else {
+        panic!("a run-out claim is taken over again");
+    };
+    assert!(claimed.history.is_empty(), "none asked for, none read");
+
+    // Stored and never announced: the next claimer announces it, and reads no history.
+    store
+        .store_reply(second.id, Uuid::now_v7(), "A WANDERER".into())
+        .await
+        .unwrap();
+    let Claim::Replied { question, .. } = store
+        .claim_next_question(session.id, far, 12)
+        .await
+        .unwrap()
+    else {
+        panic!("the stored reply is handed over to announce");
+    };
+    assert_eq!(question.message.id, second.id);
+    assert!(question.history.is_empty());
+    assert!(
+        store.mark_answered(second.id).await.unwrap(),
+        "the third is owed"
+    );
+
+    // Another séance's messages are never part of this one's history.
+    let (elsewhere, elsewhere_host) = store.create_session(new_session(8)).await.unwrap();
+    accept(&store, elsewhere.id, &elsewhere_host, "Hello?").await;
+    let Claim::Claimed(claimed) = store
+        .claim_next_question(session.id, far, 12)
+        .await
+        .unwrap()
+    else {
+        panic!("the third question is claimed");
+    };
+    assert_eq!(claimed.message.id, third.id);
+    // In stored order: the second's reply was stored after the third was asked.
+    let contents: Vec<_> = claimed.history.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["Is anyone there?", "YES", "Who are you?"]);
+    let paged = store
+        .messages_before(session.id, Some(third.id), 12)
+        .await
+        .unwrap();
+    assert_eq!(claimed.history, paged.messages);
+}
+
 /// Migrations go down and up again cleanly on both databases.
 async fn migrations_are_reversible(backend: Backend) {
     let (store, db) = fresh_store(backend).await;
@@ -516,10 +648,10 @@ async fn migrations_are_reversible(backend: Backend) {
             .iter()
             .all(|m| m.state == seance::store::MigrationState::Applied)
     );
-    // PostgreSQL has one more than SQLite: the turn's functions (0003).
+    // PostgreSQL has two more than SQLite: the turn's functions (0003, 0004).
     let versions: Vec<i64> = status.iter().map(|m| m.version).collect();
     let expected: &[i64] = match backend {
-        Backend::Postgres | Backend::PostgresInProcess => &[1, 2, 3],
+        Backend::Postgres | Backend::PostgresInProcess => &[1, 2, 3, 4],
         Backend::Sqlite | Backend::SqliteWithRedis => &[1, 2],
     };
     assert_eq!(versions, expected);
@@ -554,6 +686,7 @@ seance_tests::on_both_backends!(
     messages_after_resume_without_gaps,
     pings,
     turns_are_claimed_and_answered_once,
+    a_claim_comes_with_the_history_before_its_question,
     migrations_are_reversible,
 );
 

@@ -124,7 +124,7 @@ impl Spirit {
             // The claim reads the session under its lock: no read of its own here.
             let claimed = match self
                 .store
-                .claim_next_question(session_id, deadline.epoch_ms)
+                .claim_next_question(session_id, deadline.epoch_ms, self.config.history)
                 .await?
             {
                 Claim::Claimed(claimed) => claimed,
@@ -223,7 +223,7 @@ impl Spirit {
                 let (text, outcome) = match skip_model {
                     Some(err) => (String::new(), Err(err)),
                     None => {
-                        let request = self.request_for(persona, question, budget).await;
+                        let request = self.request_for(persona, claimed, budget);
                         self.collect_answer(persona, &request, budget).await
                     }
                 };
@@ -245,7 +245,7 @@ impl Spirit {
                 let (streamed, outcome) = match skip_model {
                     Some(err) => (String::new(), Err(err)),
                     None => {
-                        let request = self.request_for(persona, question, budget).await;
+                        let request = self.request_for(persona, claimed, budget);
                         self.stream_answer(endpoint, persona, question, &request, budget)
                             .await
                     }
@@ -407,23 +407,16 @@ impl Spirit {
         delivery.finish().await
     }
 
-    /// The persona and the session's recent conversation, ending with the question.
-    async fn request_for(
+    /// The persona and the session's recent conversation (read with the claim), ending
+    /// with the question.
+    fn request_for(
         &self,
         persona: &Persona,
-        question: &Message,
+        claimed: &ClaimedQuestion,
         budget: Duration,
     ) -> SpiritRequest {
-        let history = self.config.history;
-        let earlier = if history == 0 {
-            Vec::new()
-        } else {
-            self.store
-                .messages_before(question.session_id, Some(question.id), history)
-                .await
-                .map(|page| page.messages)
-                .unwrap_or_default()
-        };
+        let question = &claimed.message;
+        let earlier = &claimed.history;
         let mut turns: Vec<Turn> = Vec::new();
         let mut add = |speaker: Speaker, text: String| match turns.last_mut() {
             Some(last) if last.speaker == speaker => {

@@ -31,6 +31,12 @@ const POSTGRES: &[Script] = &[
         include_str!("../../../migrations/postgres/0003_turn_functions.up.sql"),
         include_str!("../../../migrations/postgres/0003_turn_functions.down.sql"),
     ),
+    (
+        4,
+        "claim with history",
+        include_str!("../../../migrations/postgres/0004_claim_with_history.up.sql"),
+        include_str!("../../../migrations/postgres/0004_claim_with_history.down.sql"),
+    ),
 ];
 
 #[cfg(feature = "sqlite")]

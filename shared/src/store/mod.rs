@@ -136,6 +136,10 @@ pub struct ClaimedQuestion {
     pub attempts: u32,
     /// Its session, as read under the claim's lock (so the turn needs no read of its own).
     pub session: Session,
+    /// The conversation the spirit answers it with: the newest messages stored before it,
+    /// as many as the claim asked for, oldest first, read once the claim holds (so the
+    /// turn needs no read for them either). Empty for a reply being announced.
+    pub history: Vec<Message>,
 }
 
 /// What claiming the next question found.
@@ -222,11 +226,14 @@ pub trait Store: Send + Sync + 'static {
     /// queued one, or one left thinking or speaking under a claim that has run out (its
     /// worker died). The claim is a conditional update on the attempt count, so of two
     /// workers racing for it exactly one wins (the other sees `InProgress`). Waits for an
-    /// acceptance in progress in the session to end first.
+    /// acceptance in progress in the session to end first. A question claimed to be
+    /// answered comes with up to `history` messages stored before it (see
+    /// [`ClaimedQuestion::history`]), read in the same round trip on PostgreSQL.
     async fn claim_next_question(
         &self,
         session_id: Uuid,
         until_ms: i64,
+        history: u32,
     ) -> Result<Claim, StoreError>;
 
     /// Marks a claimed question as speaking (its first words went out).

@@ -196,7 +196,8 @@ const MESSAGES_AFTER: &str = "SELECT m.id, m.session_id, m.kind, m.content, m.in
      WHERE m.session_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3";
 
 // PostgreSQL's acceptance lock and count, and its whole claim, are functions of migration
-// 0003 (`migrations/postgres/0003_turn_functions.up.sql`): one round trip each.
+// 0003 (`migrations/postgres/0003_turn_functions.up.sql`): one round trip each; the claim
+// is called through 0004's, which adds the question's history to the same round trip.
 /// `BEGIN` and the lock in one simple query, so one round trip: a simple query carries no
 /// parameters, and the one value spliced in is a [`Uuid`], printed by us in its hyphenated
 /// form (no text from a client ever reaches this SQL).
@@ -208,7 +209,7 @@ fn pg_begin_and_lock_for_question(session_id: Uuid) -> String {
     )
 }
 
-const PG_CLAIM_NEXT: &str = "SELECT * FROM seance_claim_next($1, $2, $3)";
+const PG_CLAIM_WITH_HISTORY: &str = "SELECT * FROM seance_claim_with_history($1, $2, $3, $4)";
 
 // SQLite has no row locks: a write that changes nothing takes the database's write lock.
 #[cfg(feature = "sqlite")]
@@ -444,6 +445,7 @@ macro_rules! impl_sql_store {
                     attempts: to_u32(attempts, "attempts")?.saturating_add(1),
                     message,
                     session,
+                    history: Vec::new(),
                 };
                 // Stored by a worker that died before announcing it: announce, don't answer.
                 let reply_id: Option<Uuid> = row.try_get("reply_id")?;
@@ -712,8 +714,9 @@ macro_rules! impl_sql_store {
                 &self,
                 session_id: Uuid,
                 until_ms: i64,
+                history: u32,
             ) -> Result<Claim, StoreError> {
-                self.claim(session_id, until_ms).await
+                self.claim(session_id, until_ms, history).await
             }
 
             async fn mark_speaking(&self, question_id: Uuid) -> Result<(), StoreError> {
@@ -890,13 +893,23 @@ impl PgStore {
         }
     }
 
-    async fn claim(&self, session_id: Uuid, until_ms: i64) -> Result<Claim, StoreError> {
-        let row = on_conn!(self.pool, |conn| sqlx::query(PG_CLAIM_NEXT)
+    async fn claim(
+        &self,
+        session_id: Uuid,
+        until_ms: i64,
+        history: u32,
+    ) -> Result<Claim, StoreError> {
+        // The claim's row, then the history's (see migration 0004).
+        let rows = on_conn!(self.pool, |conn| sqlx::query(PG_CLAIM_WITH_HISTORY)
             .persistent(self.prepared)
             .bind(session_id)
             .bind(until_ms)
             .bind(crate::store::now_ms())
-            .fetch_one(&mut *conn));
+            .bind(i32::try_from(history).unwrap_or(i32::MAX))
+            .fetch_all(&mut *conn));
+        let Some((row, history)) = rows.split_first() else {
+            return Err(corrupt("claim"));
+        };
         let outcome: String = row.try_get("outcome")?;
         match outcome.as_str() {
             "nothing" => Ok(Claim::Nothing),
@@ -920,7 +933,14 @@ impl PgStore {
                     created_at: row.try_get("session_created_at")?,
                 };
                 let attempts: i32 = row.try_get("attempts")?;
-                Self::claimed_from_row(&row, session, attempts)
+                let mut claim = Self::claimed_from_row(row, session, attempts)?;
+                if let Claim::Claimed(question) = &mut claim {
+                    question.history = history
+                        .iter()
+                        .map(Self::message_from_row)
+                        .collect::<Result<_, _>>()?;
+                }
+                Ok(claim)
             }
             _ => Err(corrupt("outcome")),
         }
@@ -969,7 +989,12 @@ impl SqliteStore {
         Ok((session, u32::try_from(unanswered).unwrap_or(u32::MAX)))
     }
 
-    async fn claim(&self, session_id: Uuid, until_ms: i64) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        session_id: Uuid,
+        until_ms: i64,
+        history: u32,
+    ) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Wait for an acceptance in progress, so its question is seen in its place.
         let Some(session_row) = sqlx::query(SQLITE_LOCK_SESSION)
@@ -1012,10 +1037,29 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
         if claimed == 0 {
+            tx.commit().await?;
             return Ok(Claim::InProgress);
         }
-        Self::claimed_from_row(&row, session, attempts)
+        let mut claim = Self::claimed_from_row(&row, session, attempts)?;
+        if let Claim::Claimed(question) = &mut claim
+            && history > 0
+        {
+            // Under the claim's write lock, as PostgreSQL reads it after its claim.
+            let mut earlier = sqlx::query(MESSAGES_BEFORE_ID)
+                .persistent(self.prepared)
+                .bind(session_id)
+                .bind(question_id)
+                .bind(i64::from(history))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(Self::message_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            earlier.reverse();
+            question.history = earlier;
+        }
+        tx.commit().await?;
+        Ok(claim)
     }
 }

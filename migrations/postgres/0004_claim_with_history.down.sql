@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS seance_claim_with_history(UUID, BIGINT, BIGINT, INTEGER);
