@@ -22,7 +22,7 @@ use uuid::Uuid;
 fn both_pushers(app: &TestApp) -> [(&'static str, Arc<dyn Pusher>); 2] {
     let sdk: Arc<dyn Pusher> = Arc::new(ManagementApi::new(
         "us-east-1",
-        AwsCredentials::Static,
+        AwsCredentials::for_harness(),
         seance::tls::AwsTlsRoots::Amazon,
     ));
     [("direct", app.harness.app.pusher.clone()), ("sdk", sdk)]
@@ -106,11 +106,13 @@ async fn direct_and_sdk_pushes_answer_alike() {
     }
 }
 
-/// `@connections` checks what API Gateway checks first of a signed call: a push the SDK
-/// signed for another region is refused (403, a failure, not gone), as are hand-made
-/// signatures for another service or without a credential; none of them reaches the socket,
-/// whose next frame is the next push, signed for this region and `execute-api` (which is
-/// what every SDK push in this suite is held to).
+/// `@connections` checks what API Gateway checks first of a call: a push the SDK signed
+/// for another region is refused (403, a failure, not gone), as are hand-made signatures
+/// for another service or without a credential, an unsigned call, one signed with another
+/// secret or another key, and a signed one whose body was changed on the way; none of them
+/// reaches the socket, whose next frames are a hand-made call signed as the SDK signs and
+/// the next push, signed for this region and `execute-api` (which is what every SDK push in
+/// this suite is held to).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_signed_for_another_region_or_service_is_refused() {
     let app = spawn_app(Backend::Sqlite).await;
@@ -120,7 +122,7 @@ async fn a_push_signed_for_another_region_or_service_is_refused() {
     let pusher = |region: &str| {
         ManagementApi::new(
             region,
-            AwsCredentials::Static,
+            AwsCredentials::for_harness(),
             seance::tls::AwsTlsRoots::Amazon,
         )
     };
@@ -168,6 +170,81 @@ async fn a_push_signed_for_another_region_or_service_is_refused() {
         );
     }
 
+    // Unsigned; signed with another key; with this key and another secret; signed, then
+    // its body changed.
+    let path = url.strip_prefix(&app.base).unwrap();
+    let unsigned = app
+        .client
+        .post(&url)
+        .body(r#"{"type":"pong","via":"unsigned"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (key, secret) = AwsCredentials::for_harness().keys().unwrap();
+    let signed_with = |key: &str, secret: &str, via: &str| {
+        let mut request = app
+            .client
+            .post(&url)
+            .body(json!({"type": "pong", "via": via}).to_string())
+            .build()
+            .unwrap();
+        seance_tests::sign_for_connections_with(&mut request, "us-east-1", key, secret);
+        request
+    };
+    let wrong_secret = signed_with(&key, &format!("not-{secret}"), "another secret");
+    let stranger = signed_with("AKIDSTRANGER", &secret, "another key");
+    let mut changed = app
+        .client
+        .post(&url)
+        .body(r#"{"type":"pong","via":"signed"}"#)
+        .build()
+        .unwrap();
+    seance_tests::sign_for_connections(&mut changed, "us-east-1");
+    *changed.body_mut() = Some(r#"{"type":"pong","via":"changed"}"#.into());
+    for (name, response, error_type, says) in [
+        (
+            "unsigned",
+            unsigned,
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+        ),
+        (
+            "another secret",
+            app.client.execute(wrong_secret).await.unwrap(),
+            "InvalidSignatureException",
+            "does not match",
+        ),
+        (
+            "a changed body",
+            app.client.execute(changed).await.unwrap(),
+            "InvalidSignatureException",
+            "does not match",
+        ),
+        (
+            "another key",
+            app.client.execute(stranger).await.unwrap(),
+            "UnrecognizedClientException",
+            "security token included in the request is invalid",
+        ),
+    ] {
+        assert_eq!(response.status(), 403, "{name}");
+        assert_eq!(response.headers()["x-amzn-errortype"], error_type, "{name}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(says),
+            "{name}: {body}"
+        );
+    }
+
+    let by_hand = app
+        .connections_call(
+            reqwest::Method::POST,
+            path,
+            br#"{"type":"pong","via":"by hand, signed"}"#,
+        )
+        .await;
+    assert_eq!(by_hand.status(), 200);
+    assert_eq!(client.expect("pong").await["via"], "by hand, signed");
     pusher("us-east-1")
         .send(&endpoint, &id, r#"{"type":"pong","via":"us-east-1"}"#)
         .await

@@ -745,14 +745,11 @@ async fn the_connections_endpoint_speaks_the_management_api() {
         .clone();
     let encoded = connection_id.replace('=', "%3D");
     for prefix in ["", "/local"] {
-        let url = room.app.url(&format!("{prefix}/@connections/{encoded}"));
+        let path = format!("{prefix}/@connections/{encoded}");
         let info: Value = room
             .app
-            .client
-            .get(&url)
-            .send()
+            .connections_call(reqwest::Method::GET, &path, b"")
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -764,22 +761,14 @@ async fn the_connections_endpoint_speaks_the_management_api() {
         assert_eq!(info["Identity"]["SourceIp"], "127.0.0.1");
         let posted = room
             .app
-            .client
-            .post(&url)
-            .body(r#"{"type":"hello"}"#)
-            .send()
-            .await
-            .unwrap();
+            .connections_call(reqwest::Method::POST, &path, br#"{"type":"hello"}"#)
+            .await;
         assert_eq!(posted.status(), 200);
         assert_eq!(room.host.expect("hello").await["type"], "hello");
         let too_big = room
             .app
-            .client
-            .post(&url)
-            .body("x".repeat(129 * 1024))
-            .send()
-            .await
-            .unwrap();
+            .connections_call(reqwest::Method::POST, &path, &[b'x'; 129 * 1024])
+            .await;
         assert_eq!(too_big.status(), 413);
     }
     for method in [
@@ -789,14 +778,8 @@ async fn the_connections_endpoint_speaks_the_management_api() {
     ] {
         let unknown = room
             .app
-            .client
-            .request(
-                method.clone(),
-                room.app.url("/local/@connections/Nobody0000000A%3D"),
-            )
-            .send()
-            .await
-            .unwrap();
+            .connections_call(method.clone(), "/local/@connections/Nobody0000000A%3D", b"")
+            .await;
         assert_eq!(unknown.status(), 410, "{method}");
         assert_eq!(
             unknown.headers().get("x-amzn-errortype").unwrap(),
@@ -805,11 +788,12 @@ async fn the_connections_endpoint_speaks_the_management_api() {
     }
     let deleted = room
         .app
-        .client
-        .delete(room.app.url(&format!("/local/@connections/{encoded}")))
-        .send()
-        .await
-        .unwrap();
+        .connections_call(
+            reqwest::Method::DELETE,
+            &format!("/local/@connections/{encoded}"),
+            b"",
+        )
+        .await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(room.host.expect_closed().await, 1000);
 }

@@ -112,10 +112,13 @@ pub struct Gateway {
     max_lifetime: Duration,
     /// Disconnect handlers still running, so shutdown can wait for them.
     in_flight: tokio::sync::Semaphore,
+    /// What `@connections` calls are checked against: the key the harness pushes with.
+    verifier: crate::sigv4::Verifier,
 }
 
 impl Gateway {
     pub fn new(app: App, addr: SocketAddr) -> Arc<Self> {
+        let verifier = crate::sigv4::Verifier::for_harness(&app.config.aws_region);
         Arc::new(Self {
             stalled: Mutex::new(std::collections::HashSet::new()),
             refusals: Mutex::new(HashMap::new()),
@@ -129,6 +132,7 @@ impl Gateway {
             domain_name: addr.to_string(),
             sockets: Mutex::new(HashMap::new()),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            verifier,
         })
     }
 
@@ -322,84 +326,52 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// A signed `@connections` call must be signed for this API, as API Gateway checks before
-/// anything else: SigV4 (`AWS4-HMAC-SHA256`) with a credential scoped to the harness's
-/// region (`AWS_REGION`) and to the `execute-api` service, or 403 in IAM's words. What is
-/// not checked: the signature itself (the harness does not know every caller's secret),
-/// and unsigned calls are let through, unlike AWS, so a test or `curl` can poke a
-/// connection by hand.
+/// Every `@connections` call is checked as API Gateway checks it before anything else:
+/// signed with SigV4 for this region's `execute-api`, by the key the harness's own pushes
+/// use, recently, and with a signature that matches the request (see [`crate::sigv4`]); or
+/// 403 in IAM's words, and the call does nothing. A body over four times the largest
+/// message is refused whole (413) before it is read further.
 async fn signed_for_this_api(
     State(gateway): State<Arc<Gateway>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(authorization) = request.headers().get(axum::http::header::AUTHORIZATION) else {
-        return next.run(request).await;
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 4 * MAX_MESSAGE_BYTES).await else {
+        return too_large();
     };
-    match credential_scope_refusal(authorization.as_bytes(), &gateway.app.config.aws_region) {
-        None => next.run(request).await,
-        Some((error_type, message)) => {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let checked = gateway.verifier.check(
+        parts.method.as_str(),
+        path_and_query,
+        &parts.headers,
+        &body,
+        std::time::SystemTime::now(),
+    );
+    match checked {
+        Ok(()) => {
+            next.run(axum::extract::Request::from_parts(parts, body.into()))
+                .await
+        }
+        Err(refusal) => {
+            tracing::debug!(
+                error_type = refusal.error_type,
+                "an @connections call was refused"
+            );
             let mut response = (
                 StatusCode::FORBIDDEN,
-                axum::Json(json!({ "message": message })),
+                axum::Json(json!({ "message": refusal.message })),
             )
                 .into_response();
-            response
-                .headers_mut()
-                .insert("x-amzn-ErrorType", HeaderValue::from_static(error_type));
+            response.headers_mut().insert(
+                "x-amzn-ErrorType",
+                HeaderValue::from_static(refusal.error_type),
+            );
             response
         }
-    }
-}
-
-/// What is wrong with a SigV4 `Authorization` header's credential scope
-/// (`Credential=KEY/DATE/REGION/SERVICE/aws4_request`) for `region`'s `execute-api`, as
-/// API Gateway's error type and message; `None` when nothing is.
-fn credential_scope_refusal(
-    authorization: &[u8],
-    region: &str,
-) -> Option<(&'static str, &'static str)> {
-    const INCOMPLETE: (&str, &str) = (
-        "IncompleteSignatureException",
-        "Authorization header requires 'Credential' parameter. Authorization header requires \
-         'Signature' parameter. Authorization header requires 'SignedHeaders' parameter.",
-    );
-    let Ok(authorization) = std::str::from_utf8(authorization) else {
-        return Some(INCOMPLETE);
-    };
-    let Some(parameters) = authorization.strip_prefix("AWS4-HMAC-SHA256 ") else {
-        return Some(INCOMPLETE);
-    };
-    let credential = parameters
-        .split(',')
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("Credential="));
-    let has = |name: &str| parameters.split(',').any(|p| p.trim().starts_with(name));
-    let Some(credential) = credential.filter(|_| has("Signature=") && has("SignedHeaders=")) else {
-        return Some(INCOMPLETE);
-    };
-    let scope: Vec<&str> = credential.split('/').collect();
-    match scope.as_slice() {
-        [_key, _date, scoped_region, service, "aws4_request"] => {
-            if *service != "execute-api" {
-                Some((
-                    "InvalidSignatureException",
-                    "Credential should be scoped to correct service: 'execute-api'. ",
-                ))
-            } else if *scoped_region != region {
-                Some((
-                    "InvalidSignatureException",
-                    "Credential should be scoped to a valid region. ",
-                ))
-            } else {
-                None
-            }
-        }
-        _ => Some((
-            "IncompleteSignatureException",
-            "Credential must have exactly 5 slash-delimited elements, e.g. \
-             keyid/date/region/service/term",
-        )),
     }
 }
 
@@ -811,22 +783,27 @@ fn gone() -> Response {
     response
 }
 
+/// API Gateway's answer to a message over 128 KB.
+fn too_large() -> Response {
+    let mut response = (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(json!({"message": "Request entity too large"})),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        "x-amzn-ErrorType",
+        HeaderValue::from_static("PayloadTooLargeException"),
+    );
+    response
+}
+
 async fn post_to_connection(
     State(gateway): State<Arc<Gateway>>,
     Path(connection_id): Path<String>,
     body: Bytes,
 ) -> Response {
     if body.len() > MAX_MESSAGE_BYTES {
-        let mut response = (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            axum::Json(json!({"message": "Request entity too large"})),
-        )
-            .into_response();
-        response.headers_mut().insert(
-            "x-amzn-ErrorType",
-            HeaderValue::from_static("PayloadTooLargeException"),
-        );
-        return response;
+        return too_large();
     }
     if let Some(refusal) = gateway.take_refusal(&connection_id) {
         return refusal.response();
@@ -921,48 +898,6 @@ async fn all_closed(gateway: &Gateway) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_signature_s_scope_is_held_to_this_region_and_execute_api() {
-        let scoped = |scope: &str| {
-            format!(
-                "AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host;x-amz-date, \
-                 Signature=0123abcd"
-            )
-        };
-        let check = |header: &str| credential_scope_refusal(header.as_bytes(), "eu-west-1");
-        assert_eq!(
-            check(&scoped("AKID/20261206/eu-west-1/execute-api/aws4_request")),
-            None
-        );
-        let refused = |header: &str| check(header).map(|(error_type, _)| error_type);
-        assert_eq!(
-            refused(&scoped("AKID/20261206/us-east-1/execute-api/aws4_request")),
-            Some("InvalidSignatureException")
-        );
-        assert_eq!(
-            refused(&scoped("AKID/20261206/eu-west-1/sqs/aws4_request")),
-            Some("InvalidSignatureException")
-        );
-        for malformed in [
-            scoped("AKID/20261206/eu-west-1/execute-api"),
-            scoped("AKID/20261206/eu-west-1/execute-api/aws4_request/extra"),
-            "AWS4-HMAC-SHA256 Credential=AKID/20261206/eu-west-1/execute-api/aws4_request"
-                .to_owned(),
-            "Basic YTpi".to_owned(),
-            String::new(),
-        ] {
-            assert_eq!(
-                refused(&malformed),
-                Some("IncompleteSignatureException"),
-                "{malformed}"
-            );
-        }
-        assert_eq!(
-            credential_scope_refusal(&[0xff, 0xfe], "eu-west-1").map(|(t, _)| t),
-            Some("IncompleteSignatureException")
-        );
-    }
 
     #[test]
     fn connection_ids_look_like_api_gateways() {

@@ -5,6 +5,7 @@
 
 pub mod event_source;
 pub mod gateway;
+pub mod sigv4;
 pub mod web;
 
 use std::future::Future;

@@ -49,9 +49,14 @@ pub trait Pusher: Send + Sync + 'static {
 pub enum AwsCredentials {
     /// Lambda's environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
     Environment,
-    /// Fixed placeholder keys: the harness's own `@connections` endpoint checks none.
+    /// Fixed placeholder keys ([`LOCAL_ACCESS_KEY_ID`]), which the harness's own
+    /// `@connections` endpoint accepts.
     Static,
 }
+
+/// The placeholder key of [`AwsCredentials::Static`]: not a secret, nothing on AWS knows it.
+pub const LOCAL_ACCESS_KEY_ID: &str = "LOCALHARNESS";
+const LOCAL_SECRET_ACCESS_KEY: &str = "local-harness-secret";
 
 impl AwsCredentials {
     /// The harness's: the environment's keys when it has some (a real SQS queue needs
@@ -71,11 +76,27 @@ impl AwsCredentials {
                 aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
             ),
             Self::Static => SharedCredentialsProvider::new(Credentials::new(
-                "LOCALHARNESS",
-                "local-harness-secret",
+                LOCAL_ACCESS_KEY_ID,
+                LOCAL_SECRET_ACCESS_KEY,
                 None,
                 None,
                 "seance-harness",
+            )),
+        }
+    }
+
+    /// The access key and secret these credentials sign with, read now: the harness checks
+    /// the signatures its `@connections` receives against them, and tests sign their
+    /// hand-made calls with them. `None` for the environment when it lacks either.
+    pub fn keys(&self) -> Option<(String, String)> {
+        match self {
+            Self::Environment => Some((
+                std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+                std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+            )),
+            Self::Static => Some((
+                LOCAL_ACCESS_KEY_ID.to_owned(),
+                LOCAL_SECRET_ACCESS_KEY.to_owned(),
             )),
         }
     }
