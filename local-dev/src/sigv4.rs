@@ -345,15 +345,9 @@ mod tests {
         let now = SystemTime::now();
         let path = "/local/@connections/AbCdEfGhIjKlMnO%3D";
         let body = br#"{"type":"pong"}"#;
-        let headers = signed(
-            "AKIDLOCAL",
-            "local-secret",
-            REGION,
-            "execute-api",
-            path,
-            body,
-            now,
-        );
+        let sign_as =
+            |key: &str, secret: &str| signed(key, secret, REGION, "execute-api", path, body, now);
+        let headers = sign_as("AKIDLOCAL", "local-secret");
         let check = |path: &str, headers: &HeaderMap, body: &[u8], at: SystemTime| {
             verifier().check("POST", path, headers, body, at)
         };
@@ -376,15 +370,7 @@ mod tests {
         let mut changed = headers.clone();
         changed.insert("content-type", "text/plain".parse().unwrap());
         assert_eq!(refused(check(path, &changed, body, now)), mismatch);
-        let other_secret = signed(
-            "AKIDLOCAL",
-            "not-it",
-            REGION,
-            "execute-api",
-            path,
-            body,
-            now,
-        );
+        let other_secret = sign_as("AKIDLOCAL", "not-it");
         assert_eq!(refused(check(path, &other_secret, body, now)), mismatch);
         assert_eq!(
             refused(check(
@@ -407,15 +393,7 @@ mod tests {
             "from the future"
         );
 
-        let other_key = signed(
-            "AKIDOTHER",
-            "local-secret",
-            REGION,
-            "execute-api",
-            path,
-            body,
-            now,
-        );
+        let other_key = sign_as("AKIDOTHER", "local-secret");
         assert_eq!(
             refused(check(path, &other_key, body, now)),
             Some("UnrecognizedClientException")
