@@ -166,14 +166,45 @@ fn throttled<E>(
 }
 
 impl ManagementApi {
+    /// Builds no client for an endpoint yet (each push names its own), but does build one
+    /// and throw it away: the SDK parses its endpoint rules' partition table (JSON and
+    /// regular expressions, about 0.4 M instructions, once a process) the first time a
+    /// client of this service is built, whatever resolver the client is given, since its
+    /// service plugin always makes the default one. Here that lands in a Lambda's init,
+    /// which runs at full CPU before the first event, not inside the first push (README,
+    /// "Sizes and cold starts, measured"). No network call either way.
     pub fn new(region: &str, credentials: AwsCredentials, roots: AwsTlsRoots) -> Self {
-        Self {
+        let api = Self {
             roots,
             region: Region::new(region.to_owned()),
             credentials: credentials.provider(),
             clients: Mutex::new(HashMap::new()),
             slow: SlowConnections::default(),
-        }
+        };
+        drop(aws_sdk_apigatewaymanagement::Client::from_conf(
+            api.config_for(""),
+        ));
+        api
+    }
+
+    /// The configuration of the client for `endpoint`.
+    fn config_for(&self, endpoint: &str) -> aws_sdk_apigatewaymanagement::Config {
+        aws_sdk_apigatewaymanagement::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(crate::tls::aws_http_client(self.roots))
+            .region(self.region.clone())
+            .credentials_provider(self.credentials.clone())
+            .endpoint_resolver(FixedEndpoint(endpoint.to_owned()))
+            // The whole call's limit is `send`'s own (PUSH_TIMEOUT, one clock).
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(PUSH_CONNECT_TIMEOUT)
+                    .build(),
+            )
+            // PostToConnection is not idempotent: the SDK retries nothing (a timed-out push
+            // may have been delivered); `send` retries only what surely was not.
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .build()
     }
 
     fn client(&self, endpoint: &str) -> aws_sdk_apigatewaymanagement::Client {
@@ -184,23 +215,7 @@ impl ManagementApi {
         clients
             .entry(endpoint.to_owned())
             .or_insert_with(|| {
-                let config = aws_sdk_apigatewaymanagement::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .http_client(crate::tls::aws_http_client(self.roots))
-                    .region(self.region.clone())
-                    .credentials_provider(self.credentials.clone())
-                    .endpoint_resolver(FixedEndpoint(endpoint.to_owned()))
-                    // The whole call's limit is `send`'s own (PUSH_TIMEOUT, one clock).
-                    .timeout_config(
-                        TimeoutConfig::builder()
-                            .connect_timeout(PUSH_CONNECT_TIMEOUT)
-                            .build(),
-                    )
-                    // PostToConnection is not idempotent: the SDK retries nothing (a timed-out
-                    // push may have been delivered); `send` retries only what surely was not.
-                    .retry_config(RetryConfig::standard().with_max_attempts(1))
-                    .build();
-                aws_sdk_apigatewaymanagement::Client::from_conf(config)
+                aws_sdk_apigatewaymanagement::Client::from_conf(self.config_for(endpoint))
             })
             .clone()
     }
@@ -209,8 +224,8 @@ impl ManagementApi {
 /// The endpoint a client was built for, as the SDK's own resolver answers for a custom
 /// endpoint (the URL alone, no properties: the signing name, `execute-api`, and the region
 /// come from the client's configuration). Every push names its endpoint, so the generated
-/// resolver's rules, and its partition table (parsed, with its regular expressions, on the
-/// first client of a process: 29 % of a cold `ws-message`'s first push), are never needed.
+/// resolver's rules are never run for it. (Its partition table is parsed all the same, when
+/// a process builds its first client: see [`ManagementApi::new`].)
 #[derive(Debug)]
 struct FixedEndpoint(String);
 
