@@ -172,8 +172,11 @@ impl ManagementApi {
     /// client of this service is built, whatever resolver the client is given, since its
     /// service plugin always makes the default one. Here that lands in a Lambda's init,
     /// which runs at full CPU before the first event, not inside the first push (README,
-    /// "Sizes and cold starts, measured"). No network call either way.
+    /// "Sizes and cold starts, measured"). No network call either way. Once a process: the
+    /// table is the process's, so a second `ManagementApi` (the harness's tests build many)
+    /// has nothing left to warm.
     pub fn new(region: &str, credentials: AwsCredentials, roots: AwsTlsRoots) -> Self {
+        static PARTITION_TABLE_BUILT: std::sync::Once = std::sync::Once::new();
         let api = Self {
             roots,
             region: Region::new(region.to_owned()),
@@ -181,9 +184,11 @@ impl ManagementApi {
             clients: Mutex::new(HashMap::new()),
             slow: SlowConnections::default(),
         };
-        drop(aws_sdk_apigatewaymanagement::Client::from_conf(
-            api.config_for(""),
-        ));
+        PARTITION_TABLE_BUILT.call_once(|| {
+            drop(aws_sdk_apigatewaymanagement::Client::from_conf(
+                api.config_for(""),
+            ));
+        });
         api
     }
 
