@@ -393,6 +393,25 @@ mod tests {
             "from the future"
         );
 
+        // Signed by the SDK's signer with this key and secret, for another region or
+        // service: the scope is checked before any signature is computed.
+        for (region, service) in [("us-east-1", "execute-api"), (REGION, "sqs")] {
+            let elsewhere = signed(
+                "AKIDLOCAL",
+                "local-secret",
+                region,
+                service,
+                path,
+                body,
+                now,
+            );
+            assert_eq!(
+                refused(check(path, &elsewhere, body, now)),
+                mismatch,
+                "{region} {service}"
+            );
+        }
+
         let other_key = sign_as("AKIDOTHER", "local-secret");
         assert_eq!(
             refused(check(path, &other_key, body, now)),
