@@ -10,19 +10,19 @@
 //! alternating order, and the ratio function / hello world is reported as the geometric
 //! mean of the pairs' ratios with its 95 % confidence interval (t interval on the logs).
 //!
-//!     export RUSTFLAGS="-C relocation-model=static"
-//!     cargo build --release --target x86_64-unknown-linux-gnu -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate
-//!     cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin bench-hello-lambda
-//!     unset RUSTFLAGS
+//!     RUSTFLAGS="-C relocation-model=static" cargo build --release --target x86_64-unknown-linux-gnu -p sessions-api -p ws-connect -p ws-message -p ws-disconnect -p spirit -p migrate
 //!     cargo build --release -p seance-tests --bin bench-coldstart
 //!     ./target/release/bench-coldstart [RUNS]
 //!
-//! The functions and the hello world are linked as position-dependent executables, as
-//! `.cargo/config.toml` has the arm64 build that `sam build` deploys linked (with
-//! `--target`, `RUSTFLAGS` reaches the binaries but not the build scripts and proc macros).
-//! Two builds, not one: built together with `seance-tests`, the functions would get the
-//! features Cargo unifies across the packages (the tests' SQLite) and be larger than what
-//! `sam build` deploys. `BENCH_BIN_DIR` points at other binaries (default
+//! The bench builds its baseline itself, before measuring, with the same command's profile
+//! and flags (`cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin
+//! bench-hello-lambda`, `RUSTFLAGS="-C relocation-model=static"`). The functions and the
+//! hello world are linked as position-dependent executables, as `.cargo/config.toml` has
+//! the arm64 build that `sam build` deploys linked (with `--target`, `RUSTFLAGS` reaches the
+//! binaries but not the build scripts and proc macros). Two builds, not one: built together
+//! with `seance-tests`, the functions would get the features Cargo unifies across the
+//! packages (the tests' SQLite) and be larger than what `sam build` deploys.
+//! `BENCH_BIN_DIR` points at other builds of the functions (default
 //! `target/x86_64-unknown-linux-gnu/release`); `BENCH_FUNCTIONS=ws-connect,ws-message`
 //! measures only those. The functions run a single-threaded tokio runtime; the hello world
 //! keeps the multi-threaded one of the usual template (`#[tokio::main]`), and
@@ -230,6 +230,46 @@ async fn start_once(
     )
 }
 
+/// Builds the baseline the way the functions are built (the release profile, x86_64,
+/// position-dependent: this file's header) and returns its path, so every run compares
+/// against a hello world of this checkout's profile and flags, not whatever binary lies
+/// about. Cargo does nothing when it is up to date.
+fn build_hello_world(root: &std::path::Path, name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!(
+        "building the baseline: cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin {name}"
+    );
+    let output = Command::new(cargo)
+        .current_dir(root)
+        .env("RUSTFLAGS", "-C relocation-model=static")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "-p",
+            "seance-tests",
+            "--bin",
+            name,
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "building {name} failed");
+    // The artifact message of the binary names its path (the target directory may be
+    // anywhere: CARGO_TARGET_DIR, a config file).
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .find_map(|message| {
+            let executable = message["executable"].as_str()?;
+            (message["target"]["name"] == name).then(|| PathBuf::from(executable))
+        })
+        .unwrap_or_else(|| panic!("cargo built no {name}"))
+}
+
 #[tokio::main]
 async fn main() {
     let runs: usize = std::env::args()
@@ -308,12 +348,7 @@ async fn main() {
         }
     }
     let hello_name = std::env::var("BENCH_HELLO").unwrap_or_else(|_| "bench-hello-lambda".into());
-    let hello = bin_dir.join(&hello_name);
-    assert!(
-        hello.exists(),
-        "build it first (see this file's header): cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin {hello_name} ({})",
-        hello.display()
-    );
+    let hello = build_hello_world(&root, &hello_name);
     let mib =
         |path: &std::path::Path| std::fs::metadata(path).unwrap().len() as f64 / (1024.0 * 1024.0);
     println!(
