@@ -236,23 +236,22 @@ async fn start_once(
 /// about. Cargo does nothing when it is up to date.
 fn build_hello_world(root: &std::path::Path, name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!(
-        "building the baseline: cargo build --release --target x86_64-unknown-linux-gnu -p seance-tests --bin {name}"
-    );
+    let args = [
+        "build",
+        "--release",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "-p",
+        "seance-tests",
+        "--bin",
+        name,
+    ];
+    eprintln!("building the baseline: cargo {}", args.join(" "));
     let output = Command::new(cargo)
         .current_dir(root)
         .env("RUSTFLAGS", "-C relocation-model=static")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "-p",
-            "seance-tests",
-            "--bin",
-            name,
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo runs");
