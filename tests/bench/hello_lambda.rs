@@ -1,6 +1,6 @@
-//! The cold-start baseline: a hello-world `lambda_runtime` function, built by the same
-//! `cargo build --release` with the same profile as the real functions, so
-//! `bench-coldstart` can say how much slower than "nothing at all" each one starts.
+//! The cold-start baseline: a hello-world `lambda_runtime` function, which
+//! `bench-coldstart` builds itself with the real functions' profile and flags, so it can
+//! say how much slower than "nothing at all" each one starts.
 //! It answers every event with a fixed API Gateway-shaped response.
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
