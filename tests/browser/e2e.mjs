@@ -22,6 +22,9 @@ const artifacts = process.env.SEANCE_ARTIFACTS || path.resolve('target/browser-a
 mkdirSync(artifacts, { recursive: true });
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = { timeout: 20000 };
+// waitForFunction polls on a timer: its default, requestAnimationFrame, can be starved on a
+// loaded machine while the page itself is fine.
+const POLL = { ...WAIT, polling: 100 };
 
 /** @param {boolean} ok @param {string} what */
 function check(ok, what) {
@@ -91,18 +94,24 @@ try {
   }
   check(await host.locator('.seat[data-seat="0"][data-name="Ada"]').count() === 1, 'the host sits in seat 0');
 
-  // Record every planchette arrival on both pages.
+  // Record every planchette arrival and every connection status on both pages.
   for (const page of [host, guest]) {
     await page.evaluate(() => {
       const w = /** @type {any} */ (window);
+      /**
+       * Every value `name` is set to, in order. A page that wakes after a stall sets it
+       * several times in one go (the planchette catching up on the letters it missed), and
+       * the observer then gets all those records in one call: each holds the value before
+       * it, and the last one's is the attribute's value now.
+       * @param {Element} element @param {string} name @param {string[]} into
+       */
+      const record = (element, name, into) => new MutationObserver((records) => records.forEach((_, i) => into.push(
+        i + 1 < records.length ? records[i + 1].oldValue : element.getAttribute(name))))
+        .observe(element, { attributes: true, attributeFilter: [name], attributeOldValue: true });
       w.visits = [];
-      const planchette = document.querySelector('.planchette');
-      new MutationObserver(() => w.visits.push(planchette.getAttribute('data-symbol')))
-        .observe(planchette, { attributes: true, attributeFilter: ['data-visit'] });
+      record(document.querySelector('.planchette'), 'data-symbol', w.visits);
       w.statuses = [];
-      const connection = document.getElementById('connection');
-      new MutationObserver(() => w.statuses.push(connection.dataset.status))
-        .observe(connection, { attributes: true, attributeFilter: ['data-status'] });
+      record(document.getElementById('connection'), 'data-status', w.statuses);
     });
   }
 
@@ -116,6 +125,10 @@ try {
     await page.waitForSelector(`#messages li.question:has-text("${question}")`, WAIT);
   }
   check(true, 'both pages show the question');
+  // The host's page stalls for a while mid-answer, as a busy device would: when it wakes,
+  // the planchette catches up, visiting every letter it missed, in order.
+  await host.waitForFunction(() => document.getElementById('spelled').textContent.length >= 1, null, POLL);
+  await host.evaluate(() => { const until = performance.now() + 900; while (performance.now() < until); });
   const answers = [];
   for (const page of [host, guest]) {
     const answer = page.locator('#messages li.spirit:not(.live) .text').first();
@@ -125,7 +138,7 @@ try {
   check(answers[0] === answers[1] && answers[0].length > 0, `both pages show the same answer (“${answers[0]}”)`);
   const expected = expectedSymbols(answers[0]);
   for (const [page, name] of [[host, 'host'], [guest, 'guest']]) {
-    await page.waitForFunction((n) => window.visits.filter((s) => s !== 'REST').length >= n, expected.length, WAIT);
+    await page.waitForFunction((n) => window.visits.filter((s) => s !== 'REST').length >= n, expected.length, POLL);
     const visited = (await page.evaluate(() => window.visits)).filter((s) => s !== 'REST');
     check(JSON.stringify(visited) === JSON.stringify(expected), `the ${name}'s planchette visits ${expected.join('')} in order (saw ${visited.join('')})`);
   }
@@ -133,7 +146,7 @@ try {
   check((await host.textContent('#announcer')).includes(answers[0]), 'the answer is announced to screen readers');
   // The offline voice speaks every answer: each page decoded and played it with its own pan.
   for (const [page, name] of [[host, 'host'], [guest, 'guest']]) {
-    await page.waitForFunction(() => Number(document.getElementById('voice-status').dataset.played) >= 1, null, WAIT);
+    await page.waitForFunction(() => Number(document.getElementById('voice-status').dataset.played) >= 1, null, POLL);
     check(true, `the ${name} played the voice: ${await page.textContent('#voice-status')}`);
   }
 
@@ -141,7 +154,7 @@ try {
   await host.fill('#ask-input', 'Is anyone there?');
   await host.press('#ask-input', 'Enter');
   await host.waitForFunction(() => document.getElementById('spirit-state').dataset.state === 'speaking'
-    && document.getElementById('spelled').textContent.length >= 3, null, WAIT);
+    && document.getElementById('spelled').textContent.length >= 3, null, POLL);
   await host.screenshot({ path: path.join(artifacts, 'board-mid-answer.png') });
   await host.locator('#messages li.spirit:not(.live)').nth(1).waitFor(WAIT);
   await guest.locator('#messages li.spirit:not(.live)').nth(1).waitFor(WAIT);
