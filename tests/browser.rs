@@ -1,7 +1,7 @@
 //! The reference client (`web/`) in real Chromium: the harness on port 0, two pages that
-//! join one séance from a shared link, ask, watch the planchette (one page stalled mid-answer
-//! catches up on every letter), lose their socket and
-//! come back, pass an accessibility audit at 375 px, and see the host end it
+//! join one séance from a shared link, ask, watch the planchette (one page, stalled
+//! mid-answer, catches up on every letter), lose their socket and come back, pass an
+//! accessibility audit at 375 px, and see the host end it
 //! (`tests/browser/e2e.mjs`, driven by playwright-core with Debian's chromium). Also
 //! type-checks the client's JavaScript against the generated `web/protocol.d.ts`.
 //!
