@@ -230,6 +230,10 @@ async fn start_once(
     )
 }
 
+/// The target and flags every measured binary is built with (this file's header).
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+const RUSTFLAGS: &str = "-C relocation-model=static";
+
 /// Builds the baseline the way the functions are built (the release profile, x86_64,
 /// position-dependent: this file's header) and returns its path, so every run compares
 /// against a hello world of this checkout's profile and flags, not whatever binary lies
@@ -240,16 +244,19 @@ fn build_hello_world(root: &std::path::Path, name: &str) -> PathBuf {
         "build",
         "--release",
         "--target",
-        "x86_64-unknown-linux-gnu",
+        TARGET,
         "-p",
         "seance-tests",
         "--bin",
         name,
     ];
-    eprintln!("building the baseline: cargo {}", args.join(" "));
+    eprintln!(
+        "building the baseline: RUSTFLAGS=\"{RUSTFLAGS}\" cargo {}",
+        args.join(" ")
+    );
     let output = Command::new(cargo)
         .current_dir(root)
-        .env("RUSTFLAGS", "-C relocation-model=static")
+        .env("RUSTFLAGS", RUSTFLAGS)
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
@@ -278,7 +285,7 @@ async fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin_dir = std::env::var("BENCH_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/x86_64-unknown-linux-gnu/release"));
+        .unwrap_or_else(|_| root.join("target").join(TARGET).join("release"));
     let database_url = seance_tests::fresh_postgres_url().await
         + &std::env::var("BENCH_DATABASE_PARAMS").unwrap_or_default();
     let redis_url = seance_tests::redis_url();
@@ -372,7 +379,7 @@ async fn main() {
         let binary = bin_dir.join(name);
         assert!(
             binary.exists(),
-            "build it first (see this file's header): cargo build --release --target x86_64-unknown-linux-gnu -p {name} ({})",
+            "build it first (see this file's header): RUSTFLAGS=\"{RUSTFLAGS}\" cargo build --release --target {TARGET} -p {name} ({})",
             binary.display()
         );
         let (mut ours, mut base) = (Vec::new(), Vec::new());
